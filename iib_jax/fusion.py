@@ -1,0 +1,89 @@
+"""Uncertainty-aware gated fusion (Eqs. 7–10).
+
+α_m = β_m · exp(−u_m) · σ(G_m(φ)),  w = α / Σ_k α_k,  Z = Σ_m w_m z_m,
+with φ = [u_1..u_M; Pool(z_1)..Pool(z_M)] the gate input.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class Gate(nn.Module):
+  """The paper's "lightweight network" G: φ → M logits (an MLP; FIDELITY: gate architecture).
+
+  Attributes:
+    num_modalities: M.
+    hidden: width of the hidden layer.
+    dtype: compute dtype; the logits are returned in float32.
+  """
+  num_modalities: int
+  hidden: int = 128
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, phi: jax.Array) -> jax.Array:
+    dense = lambda n, name: nn.Dense(n, dtype=self.dtype, name=name,
+                                     kernel_init=nn.initializers.xavier_normal())
+    x = nn.relu(dense(self.hidden, "hidden")(phi))
+    return dense(self.num_modalities, "out")(x).astype(jnp.float32)
+
+
+def gate_input(uncertainty: jax.Array, feats: Sequence[jax.Array] | jax.Array,
+               pool: str = "identity") -> jax.Array:
+  """φ = [u_1..u_M; Pool(z_1)..Pool(z_M)] (Eq. 8).
+
+  Args:
+    uncertainty: [B, M] per-sample normalised entropies u_m.
+    feats: M arrays [B, d] (or one [M, B, d] array) of pooled modality features.
+    pool: "identity" (z_m is already globally pooled, so Pool is the identity; d_p = d) or
+      "mean" (mean over channels; d_p = 1). FIDELITY: Pool in Eq. 8.
+
+  Returns:
+    [B, M + M·d_p] gate input.
+  """
+  feats = [jnp.asarray(z) for z in feats]
+  if pool == "identity":
+    pooled = feats
+  elif pool == "mean":
+    pooled = [z.mean(-1, keepdims=True) for z in feats]
+  else:
+    raise ValueError(f"gate pool must be 'identity' or 'mean', got {pool!r}")
+  dtype = pooled[0].dtype
+  return jnp.concatenate([uncertainty.astype(dtype)] + pooled, axis=-1)
+
+
+def fusion_weights(beta: jax.Array, uncertainty: jax.Array, gate_logits: jax.Array) -> jax.Array:
+  """w = α / Σα with α = β · exp(−u) · σ(G) (Eqs. 9–10).
+
+  Computed as a softmax of log α = log β − u + log σ(G), which equals the ratio exactly but stays
+  finite when β is tiny (τ = 0.07 makes β nearly one-hot when budgets differ).
+
+  Args:
+    beta: [M] relative budgets (the prior).
+    uncertainty: [B, M] normalised entropies.
+    gate_logits: [B, M] gate outputs G(φ).
+
+  Returns:
+    [B, M] float32 fusion weights, each row summing to 1.
+  """
+  log_alpha = (jnp.log(jnp.asarray(beta, jnp.float32))[None, :]
+               - jnp.asarray(uncertainty, jnp.float32)
+               + jax.nn.log_sigmoid(jnp.asarray(gate_logits, jnp.float32)))
+  return jax.nn.softmax(log_alpha, axis=-1)
+
+
+def fuse(weights: jax.Array, feats: jax.Array) -> jax.Array:
+  """Z = Σ_m w_m z_m (Eq. 10).
+
+  Args:
+    weights: [B, M] fusion weights.
+    feats: [M, B, d] modality features.
+
+  Returns:
+    [B, d] fused feature, in the features' dtype.
+  """
+  return jnp.einsum("bm,mbd->bd", weights.astype(feats.dtype), feats)

@@ -1,0 +1,129 @@
+"""IIBalance: intrinsic information budgets, prototype-guided relative alignment, gated fusion.
+
+Per step (one forward pass):
+  Stage I   L_I  = mean_i Σ_m CE(f_m(z_m), y) + Σ_{m≠m*} λ_m L_PRA^m            (Eqs. 4–6)
+  Stage II  L_II = mean_i CE(f_fuse(Z), y) + γ mean_i Σ_m w_m CE(f_m(z_m), y)     (Eqs. 7–11)
+  total     L    = λ(t) L_I + (1 − λ(t)) L_II,  λ(t) = λ_start (1 − t/T)          (Eqs. 12–13)
+then the anchor prototypes take an EMA step towards this batch's class means (Eq. 3).
+β, λ_m and the anchor are arrays in the method state: checkpointed, and a new β never recompiles.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from iib_jax import budget, losses, prototypes
+from iib_jax.methods import base
+
+DEFAULTS = {
+    "tau": 0.07,                       # budget temperature (paper)
+    "tau_p": 0.5,                      # prototype temperature (paper)
+    "rho": 0.9,                        # prototype EMA momentum (not given)
+    "gamma": 0.5,                      # weight of the unimodal auxiliary term (not given)
+    "lambda_start": 1.0,               # initial weight of Stage I (not given)
+    "similarity": "cosine",            # PRA similarity: "dot" (literal) or "cosine"
+    "lambda_schedule": "epoch",        # λ(t) constant within an epoch, or "step" (fractional t)
+    "prototypes_in_loss": "before",    # PRA sees the bank "before" or "after" this batch's update
+    "mask_unseen_prototypes": True,    # leave never-seen classes out of the PRA softmax
+    "detach_weights_in_aux": True,     # no gradient into w through the γ term
+    "prior": "iib",                    # "iib" or "uniform" (Table II: w/o IIB prior)
+    "stage_one": True,                 # False: Table II w/o Stage I (no PRA, λ_m = 0)
+}
+
+
+class IIBState(struct.PyTreeNode):
+  """IIBalance's own state.
+
+  Attributes:
+    bank: anchor prototypes.
+    beta: [M] relative budgets used as the fusion prior (Eq. 9).
+    strength: [M] alignment strengths λ_m (Eq. 5).
+    anchor: int32 scalar, the anchor modality m*.
+  """
+  bank: prototypes.PrototypeBank
+  beta: jax.Array
+  strength: jax.Array
+  anchor: jax.Array
+
+
+def initial_state(budgets, num_classes: int, feature_dim: int, tau: float, prior: str = "iib",
+                  stage_one: bool = True) -> IIBState:
+  """β, λ and m* from the budgets, and an empty prototype bank.
+
+  With prior="uniform" (the Table II ablation) the fusion prior is uniform while the anchor and the
+  alignment strengths still come from the real budgets: a uniform β alone would make every λ_m
+  zero and leave no anchor (FIDELITY: w/o IIB prior).
+  """
+  beta = budget.relative_budget(jnp.asarray(budgets, jnp.float32), tau)
+  strength = budget.alignment_strength(beta)
+  if not stage_one:
+    strength = jnp.zeros_like(strength)
+  if prior == "uniform":
+    fusion_prior = jnp.full_like(beta, 1.0 / beta.shape[0])
+  elif prior == "iib":
+    fusion_prior = beta
+  else:
+    raise ValueError(f"methods.iibalance.prior must be 'iib' or 'uniform', got {prior!r}")
+  return IIBState(bank=prototypes.init_bank(num_classes, feature_dim), beta=fusion_prior,
+                  strength=strength, anchor=budget.anchor_index(beta).astype(jnp.int32))
+
+
+def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
+  opts = {**DEFAULTS, **dict(options)}
+  if opts["lambda_schedule"] not in ("epoch", "step"):
+    raise ValueError("methods.iibalance.lambda_schedule must be 'epoch' or 'step', "
+                     f"got {opts['lambda_schedule']!r}")
+  if opts["prototypes_in_loss"] not in ("before", "after"):
+    raise ValueError("methods.iibalance.prototypes_in_loss must be 'before' or 'after', "
+                     f"got {opts['prototypes_in_loss']!r}")
+
+  def init_state() -> IIBState:
+    if spec.budgets is None:
+      raise ValueError("iibalance needs information budgets: run the IIB estimation phase first")
+    return initial_state(spec.budgets, spec.num_classes, spec.feature_dim, opts["tau"],
+                         opts["prior"], opts["stage_one"])
+
+  def stage_time(step):
+    if opts["lambda_schedule"] == "step":
+      return step.astype(jnp.float32) / spec.steps_per_epoch
+    return spec.epoch(step)
+
+  def loss(outputs, batch, state: IIBState, step):
+    labels, mask = batch["label"], batch.get("mask")
+    feats = outputs["features"].astype(jnp.float32)                          # [M, B, d]
+    logits = outputs["logits"]                                                # [M, B, C]
+    anchor_feats = jnp.take(feats, state.anchor, axis=0)                      # [B, d]
+    new_bank = prototypes.ema_update(state.bank, anchor_feats, labels, opts["rho"], mask)
+    bank = new_bank if opts["prototypes_in_loss"] == "after" else state.bank
+    seen = bank.seen if opts["mask_unseen_prototypes"] else None
+    # PRA for every modality; the anchor's term is multiplied by λ_{m*} = 0.
+    pra = jax.vmap(lambda z: prototypes.pra_loss(z, labels, bank.protos, opts["tau_p"],
+                                                 opts["similarity"], seen, mask))(feats)
+    stage_one = losses.stage_one(logits, labels, pra, state.strength, mask)
+    stage_two = losses.stage_two(outputs["fused_logits"], logits, outputs["weights"], labels,
+                                 opts["gamma"], mask, opts["detach_weights_in_aux"])
+    weight = losses.stage_weight(stage_time(step), spec.total_epochs, opts["lambda_start"])
+    total = losses.total_loss(stage_one, stage_two, weight)
+    metrics = {
+        "loss_stage_one": stage_one,
+        "loss_stage_two": stage_two,
+        "stage_weight": weight,
+        "ce_unimodal": base.unimodal_ce(logits, batch),
+        "loss_pra": pra * (state.strength > 0),
+        "fusion_weights": losses.masked_mean(outputs["weights"].T, mask),       # [M]
+        "beta": state.beta,
+        "alignment_strength": state.strength,
+    }
+    return total, {"metrics": metrics, "bank": new_bank}
+
+  def update_state(state: IIBState, aux, batch) -> IIBState:
+    del batch
+    return state.replace(bank=aux["bank"])
+
+  return base.Method(name="iibalance", init_state=init_state, loss=loss,
+                     model={"fusion": "gated", "detach_heads": False},
+                     forward_kwargs=lambda state: {"prior": state.beta},
+                     update_state=update_state, needs_budgets=True)
