@@ -1,0 +1,83 @@
+"""Run logs: metrics.jsonl always, TensorBoard scalars when TensorBoard's writer is importable."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+
+def _scalars(prefix: str, value: Any, names: Sequence[str] | None) -> dict[str, float]:
+  """Flattens a metric into scalars; an [M] array becomes one scalar per modality name."""
+  array = np.asarray(value)
+  if array.ndim == 0:
+    return {prefix: float(array)}
+  if names is not None and array.shape == (len(names),):
+    return {f"{prefix}_{n}": float(v) for n, v in zip(names, array)}
+  return {f"{prefix}_{i}": float(v) for i, v in enumerate(array.reshape(-1))}
+
+
+def flatten(metrics: Mapping[str, Any], modalities: Sequence[str] | None = None) -> dict[str, float]:
+  """{name: scalar} with per-modality arrays expanded to `<name>_<modality>`."""
+  out: dict[str, float] = {}
+  for key, value in metrics.items():
+    if isinstance(value, (str, bool)) or value is None:
+      continue
+    out.update(_scalars(key, value, modalities))
+  return out
+
+
+class MetricWriter:
+  """Appends JSON records to `workdir/metrics.jsonl` and mirrors scalars to TensorBoard.
+
+  Each record carries `phase` (e.g. "unimodal", "multimodal"), `split` ("train", "val", "test"),
+  `epoch` and `step`, then the scalars.
+  """
+
+  def __init__(self, workdir: str, modalities: Sequence[str], tensorboard: bool = True):
+    os.makedirs(workdir, exist_ok=True)
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.modalities = tuple(modalities)
+    self._tb = None
+    self._tb_dir = os.path.join(workdir, "tensorboard")
+    self._use_tb = tensorboard
+
+  def write(self, *, phase: str, split: str, epoch: int, step: int,
+            metrics: Mapping[str, Any]) -> dict[str, Any]:
+    scalars = flatten(metrics, self.modalities)
+    record = {"phase": phase, "split": split, "epoch": int(epoch), "step": int(step), **scalars}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    self._tensorboard(f"{phase}/{split}", step, scalars)
+    return record
+
+  def truncate_after(self, phase: str, epoch: int) -> None:
+    """Drops records of `phase` later than `epoch` (a resumed run writes them again)."""
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+    kept = [r for r in records if r.get("phase") != phase or r.get("epoch", -1) <= epoch]
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(tmp, self.path)
+
+  def _tensorboard(self, prefix: str, step: int, scalars: Mapping[str, float]) -> None:
+    if not self._use_tb:
+      return
+    if self._tb is None:
+      try:
+        from flax.metrics import tensorboard
+      except ImportError:                 # no TensorFlow on this host: metrics.jsonl only
+        self._use_tb = False
+        return
+      self._tb = tensorboard.SummaryWriter(self._tb_dir)
+    for key, value in scalars.items():
+      self._tb.scalar(f"{prefix}/{key}", value, step)
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
