@@ -63,8 +63,9 @@ class Data:
     return self.devices.put(ds)
 
   def eval(self, split: str):
-    ds = self._lib.make_dataset(self.dir, split, batch_size=self.config.eval.batch_size,
-                                train=False, **self._options())
+    # Evaluation pads its last batch anyway, so round the batch up to fill every device.
+    size = -(-self.config.eval.batch_size // self.devices.count) * self.devices.count
+    ds = self._lib.make_dataset(self.dir, split, batch_size=size, train=False, **self._options())
     return self.devices.put(ds)
 
   def example(self) -> dict[str, np.ndarray]:
@@ -340,6 +341,9 @@ def main(config: ml_collections.ConfigDict) -> dict[str, Any]:
     f.write(config.to_json_best_effort(indent=2))
   t0 = time.time()
   devices = Devices()
+  if config.optim.batch_size % devices.count:
+    raise ValueError(f"invalid config: optim.batch_size={config.optim.batch_size!r}; accepted: a "
+                     f"multiple of the number of devices ({devices.count})")
   data = Data(config, config.data.dir, devices)
   log(f"data: {config.data.dir} ({data.num_classes} classes; "
       + ", ".join(f"{s} {n}" for s, n in data.info["splits"].items()) + f"); devices: "

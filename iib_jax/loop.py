@@ -21,11 +21,12 @@ class NonFiniteError(RuntimeError):
 
 
 def _check_finite(sums: Mapping[str, Any], first_step: int, last_step: int) -> None:
-  for key, value in sums.items():
-    if not np.all(np.isfinite(value)):
-      raise NonFiniteError(
-          f"non-finite value of '{key}' at step {last_step} (first seen between steps "
-          f"{first_step} and {last_step}); the last good checkpoint is kept")
+  bad = [key for key, value in sums.items() if not np.all(np.isfinite(value))]
+  if bad:
+    where = (f"step {last_step}" if first_step == last_step
+             else f"steps {first_step}-{last_step}")
+    raise NonFiniteError(f"non-finite {', '.join(repr(k) for k in bad)} in {where}; training "
+                         "stopped and the last good checkpoint is kept")
 
 
 def train_epoch(train_step: Callable, state, batches: Iterable[Batch], *, log_every: int = 50,
