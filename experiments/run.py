@@ -78,26 +78,17 @@ class Devices:
   """One mesh with a "data" axis over every visible device: state replicated, batch sharded."""
 
   def __init__(self):
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    self.mesh = Mesh(np.asarray(jax.devices()), ("data",))
-    self.replicated = NamedSharding(self.mesh, P())
-    self.batch = NamedSharding(self.mesh, P("data"))
-    self.count = len(jax.devices())
+    from iib_jax import sharding
+    self._sharding = sharding
+    self.mesh = sharding.data_mesh()
+    self.replicated = sharding.replicated_sharding(self.mesh)
+    self.batch = sharding.batch_sharding(self.mesh)
+    self.count = self.mesh.size
 
   def put(self, batches):
-    """Host batches → global arrays on the batch sharding, one batch ahead (non-numeric keys,
-    such as clip ids, stay on the host)."""
-    def place(batch):
-      return {k: jax.make_array_from_process_local_data(self.batch, np.asarray(v))
-              for k, v in batch.items() if np.asarray(v).dtype.kind in "biuf"}
-    pending = None
-    for batch in batches:
-      placed = place(batch)
-      if pending is not None:
-        yield pending
-      pending = placed
-    if pending is not None:
-      yield pending
+    """Host batches → global arrays on the batch sharding, two batches ahead (clip ids and other
+    non-numeric keys stay on the host)."""
+    return self._sharding.prefetch_to_device(batches, self.batch, size=2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,6 +151,10 @@ def iib_phase(config, data: Data, workdir: str, writer: writers.MetricWriter) ->
       steps_per_epoch=spec.steps_per_epoch, on_epoch_end=on_epoch_end,
       show_progress=config.progress)
   split = "train" if config.iib.budget_split == "train" else "validation"
+  # Each modality alone on test: the reference for how much a multimodal model uses it.
+  test = loop.evaluate(eval_step, state, data.eval("test"), modalities)
+  for m in modalities:
+    summary[m]["test_acc"] = test[f"acc_{m}"]
   record = estimate.estimate_budgets(eval_step, state, data.eval(split), modalities,
                                      tau=config.methods.iibalance.tau, split=split,
                                      unimodal=summary)
@@ -294,6 +289,9 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], modalities: Sequence[str
   lines = [f"## {dataset}: test accuracy (%) of the epoch chosen on validation", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   lines += ["| " + " | ".join(table_row(r, modalities)) + " |" for r in rows]
+  if budgets and "test_acc" in budgets["unimodal"][modalities[0]]:
+    lines.append("| each modality alone (IIB phase) | – | " + " | ".join(
+        f"{100 * budgets['unimodal'][m]['test_acc']:.2f}" for m in modalities) + " | – |")
   if budgets:
     lines += ["", "IIB prior: " + ", ".join(
         f"{m}: B = {b:.4f}, β = {beta:.4f}" for m, b, beta in
@@ -375,7 +373,6 @@ def _synthetic_demo(config):
   cache = config.data.cache_dir or os.path.join(
       os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "iib_jax")
   demo = synthetic_config(config)
-  log(f"No data.dir given: running the synthetic demonstration (IIBalance vs joint training on "
-      f"a generated audio-visual dataset). Data: {cache} (created once, then reused).")
+  log(f"Synthetic data: {cache} (generated and prepared once, then reused).")
   demo.data.dir = synthetic.ensure_synthetic(cache)
   return demo

@@ -1,0 +1,109 @@
+"""Several variants × seeds on one dataset, sharing each seed's unimodal (IIB) phase.
+
+Layout: `<root>/seed<s>/iib/` (budgets, shared by every variant of that seed) and
+`<root>/seed<s>/<variant>/` (one run directory each). A variant whose `results.json` exists is not
+run again, so an interrupted sweep resumes where it stopped.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from typing import Any, Mapping, Sequence
+
+import ml_collections
+import numpy as np
+
+from experiments import run as runner
+from experiments.configs import common
+from iib_jax import methods, writers
+
+
+def override(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]):
+  """A copy of `config` with dotted keys replaced ({"methods.iibalance.gamma": 0.3})."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, value in overrides.items():
+    node = config
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    if last not in node:
+      raise ValueError(f"invalid config: {key} is not a config key")
+    node[last] = value
+  return config
+
+
+def _needs_budgets(config) -> bool:
+  spec = methods.MethodSpec(tuple(config.modalities), 2, 1, 1, 1, (0.0,) * len(config.modalities))
+  return methods.get_method(config.method, config.methods.get(config.method, {}),
+                            spec).needs_budgets
+
+
+def run_variants(config: ml_collections.ConfigDict, variants: Mapping[str, Mapping[str, Any]],
+                 seeds: Sequence[int], root: str) -> dict[str, list[dict[str, Any]]]:
+  """Runs every variant (a dict of config overrides) for every seed.
+
+  Returns:
+    {variant: [results.json of each seed]}; each also carries "wall_s" and "seed".
+  """
+  if not config.data.dir:
+    config = runner._synthetic_demo(config)
+  results: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+  variant_configs = {name: override(config, o) for name, o in variants.items()}
+  for c in variant_configs.values():
+    common.validate(c)
+  devices = runner.Devices()
+  for seed in seeds:
+    seed_dir = os.path.join(root, f"seed{seed}")
+    os.makedirs(seed_dir, exist_ok=True)
+    pending = {n: c for n, c in variant_configs.items()
+               if not os.path.exists(os.path.join(seed_dir, n, "results.json"))}
+    budgets = None
+    data = None
+    if pending:
+      base = override(config, {"seed": seed})
+      data = runner.Data(base, base.data.dir, devices)
+      if any(_needs_budgets(c) for c in pending.values()):
+        writer = writers.MetricWriter(seed_dir, base.modalities)
+        budgets = runner.iib_phase(base, data, seed_dir, writer)
+        writer.close()
+    for name, variant in variant_configs.items():
+      path = os.path.join(seed_dir, name, "results.json")
+      if not os.path.exists(path):
+        cfg = override(variant, {"seed": seed})
+        t0 = time.time()
+        runner.log(f"== {name}, seed {seed}")
+        out = runner.train_method(cfg, cfg.method, data, os.path.join(seed_dir, name),
+                                  budgets if _needs_budgets(cfg) else None)
+        out["wall_s"] = time.time() - t0
+        with open(path, "w") as f:
+          json.dump(out, f, indent=2)
+      with open(path) as f:
+        out = json.load(f)
+      out["seed"] = seed
+      results[name].append(out)
+  return results
+
+
+def aggregate(runs: Sequence[Mapping[str, Any]], modalities: Sequence[str],
+              which: str = "test_best") -> dict[str, tuple[float, float]]:
+  """{metric: (mean, std)} in percent over seeds, for Acc_m, each Acc_<m> and Avg."""
+  keys = ["acc_fused"] + [f"acc_{m}" for m in modalities] + ["acc_avg"]
+  out = {}
+  for key in keys:
+    values = np.array([100 * r[which][key] for r in runs])
+    out[key] = (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0)
+  return out
+
+
+def markdown_table(results: Mapping[str, Sequence[Mapping[str, Any]]],
+                   modalities: Sequence[str], label: str = "Variant") -> str:
+  """Mean ± std over seeds per variant, in the layout of the paper's Table I."""
+  head = [label, "Acc_m"] + [f"Acc_{m}" for m in modalities] + ["Avg", "seeds"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for name, runs in results.items():
+    agg = aggregate(runs, modalities)
+    cells = [name] + [f"{m:.2f} ± {s:.2f}" for m, s in agg.values()] + [str(len(runs))]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
