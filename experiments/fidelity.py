@@ -9,7 +9,6 @@ over several seeds, sharing each seed's budget estimation. Writes `<root>/fideli
 from __future__ import annotations
 
 import os
-import platform
 import time
 
 from absl import app, flags
@@ -36,17 +35,14 @@ VARIANTS = {
 def main(_):
   from absl import logging
   logging.set_verbosity(logging.WARNING)
-  import jax
-  from experiments import sweep
+  from experiments import report, sweep
   config = flags.FLAGS.config
   config.method = "iibalance"
   config.compare_with = ()
   t0 = time.time()
   results = sweep.run_variants(config, VARIANTS, range(flags.FLAGS.seeds), flags.FLAGS.root)
   table = sweep.markdown_table(results, config.modalities, label="PRA similarity, Eq. 11")
-  text = (f"{table}\nCommand: `python -m experiments.fidelity --seeds={flags.FLAGS.seeds}`; "
-          f"{time.time() - t0:.0f} s on {jax.device_count()} × {jax.devices()[0].device_kind} "
-          f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores).\n")
+  text = f"{table}\n" + report.footer("python -m experiments.fidelity", time.time() - t0)
   os.makedirs(flags.FLAGS.root, exist_ok=True)
   with open(os.path.join(flags.FLAGS.root, "fidelity.md"), "w") as f:
     f.write(text)

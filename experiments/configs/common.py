@@ -131,6 +131,8 @@ def validate(config: ml_collections.ConfigDict, *, check_data: bool = True) -> N
     _fail("methods.iibalance.prototypes_in_loss", iib.prototypes_in_loss, "before, after")
   if iib.prior not in ("iib", "uniform"):
     _fail("methods.iibalance.prior", iib.prior, "iib, uniform")
+  if iib.fusion_rule not in ("gated", "prior", "mean"):
+    _fail("methods.iibalance.fusion_rule", iib.fusion_rule, "gated, prior, mean")
 
   if check_data and config.data.dir and not _is_prepared(config.data.dir):
     _fail("data.dir", config.data.dir, "a directory holding a prepared dataset "

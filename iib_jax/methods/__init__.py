@@ -3,13 +3,24 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from iib_jax.methods import base, iibalance, joint
+from iib_jax.methods import (agm, base, bmlmi, gblending, ggdm, greedy, iibalance, joint,
+                             mmpareto, mslr, ogm_ge, pmr, udi)
 from iib_jax.methods.base import Method, MethodSpec
 
 METHODS = {
     "iibalance": iibalance.build,
     "joint": joint.build,
     "unimodal": joint.build_unimodal,
+    "mslr": mslr.build,
+    "gblending": gblending.build,
+    "ogm_ge": ogm_ge.build,
+    "greedy": greedy.build,
+    "pmr": pmr.build,
+    "agm": agm.build,
+    "mmpareto": mmpareto.build,
+    "ggdm": ggdm.build,
+    "udi": udi.build,
+    "bmlmi": bmlmi.build,
 }
 
 

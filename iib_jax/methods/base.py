@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from iib_jax import losses
 
@@ -122,3 +123,127 @@ def gradients(method: Method, forward: Callable[..., Any], params: PyTree,
 def unimodal_ce(logits: jax.Array, batch: Mapping[str, jax.Array]) -> jax.Array:
   """[M] masked mean cross-entropy of each modality's logits [M, B, C]."""
   return losses.masked_mean(losses.cross_entropy(logits, batch["label"]), batch.get("mask"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared pieces of the balancing baselines (METHODS.md §1.5).
+
+
+def in_window(epoch: jax.Array, start: int, end: int) -> jax.Array:
+  """Whether a (traced) 0-based epoch lies in [start, end], both inclusive; end < 0: no end."""
+  inside = epoch >= start
+  return inside if end < 0 else inside & (epoch <= end)
+
+
+def scale_grad(x: jax.Array, scale: jax.Array) -> jax.Array:
+  """Identity in the forward pass; multiplies the gradient flowing back into `x` by `scale`.
+
+  sg(x) + k (x − sg(x)): the value is x, the derivative k. This is the functional form of a
+  backward hook on an identity module (AGM's gradient modulation).
+  """
+  scale = jax.lax.stop_gradient(jnp.asarray(scale, x.dtype))
+  return jax.lax.stop_gradient(x) + scale * (x - jax.lax.stop_gradient(x))
+
+
+def tree_vdot(a: PyTree, b: PyTree) -> jax.Array:
+  """⟨a, b⟩ over every leaf of two pytrees of one structure, in float32."""
+  return sum((jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32))
+              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))), jnp.float32(0))
+
+
+def tree_sq_norm(a: PyTree) -> jax.Array:
+  """‖a‖² over every leaf of a pytree, in float32."""
+  return tree_vdot(a, a)
+
+
+def tree_sum(a: PyTree) -> jax.Array:
+  """Σ of every entry of every leaf of a pytree, in float32."""
+  return sum((x.astype(jnp.float32).sum() for x in jax.tree.leaves(a)), jnp.float32(0))
+
+
+def encoder_part(branch: Mapping[str, Any]) -> dict[str, Any]:
+  """A branch's encoder parameters (encoder and optional projection), without the unimodal head.
+
+  The multimodal model keys each branch as {"encoder", "proj"?, "head"}; the baselines that act
+  on "encoder m" (OGM-GE, MMPareto, GGDM) act on everything but the head.
+  """
+  return {k: v for k, v in branch.items() if k != "head"}
+
+
+def with_encoder_part(branch: Mapping[str, Any], encoder: Mapping[str, Any]) -> dict[str, Any]:
+  """`branch` with its encoder part (see `encoder_part`) replaced by `encoder`."""
+  return {**branch, **encoder}
+
+
+def scale_modalities(grads: PyTree, modalities: tuple[str, ...], scales: jax.Array) -> PyTree:
+  """Multiplies the gradient of each modality's branch (encoder, projection, head) by its scale.
+
+  Args:
+    grads: gradients keyed by modality name and "fusion".
+    modalities: names in the order of the M axis.
+    scales: [M] device scalars.
+
+  Returns:
+    grads with every leaf of modality m multiplied by scales[m]; "fusion" unchanged.
+  """
+  new = dict(grads)
+  for i, m in enumerate(modalities):
+    new[m] = jax.tree.map(lambda g, k=scales[i]: g * k.astype(g.dtype), grads[m])
+  return new
+
+
+def multi_loss_grads(loss_fn: Callable[[PyTree], tuple[jax.Array, Any]], params: PyTree):
+  """The gradients of K losses w.r.t. the same parameters, from one forward pass.
+
+  `jax.vjp` once on params ↦ [K] losses, then the pullback is vmapped over the K one-hot
+  cotangents (METHODS.md §1.5): one forward, K backward passes sharing the residuals.
+
+  Args:
+    loss_fn: params -> ([K] losses, aux).
+    params: the parameters.
+
+  Returns:
+    ([K] losses, grads with a leading K axis on every leaf, aux).
+  """
+  values, pullback, aux = jax.vjp(loss_fn, params, has_aux=True)
+  (grads,) = jax.vmap(pullback)(jnp.eye(values.shape[0], dtype=values.dtype))
+  return values, grads, aux
+
+
+def freeze_branches(tx, frozen: tuple[str, ...]):
+  """`tx` for every top-level parameter group except `frozen` ones, whose updates are zero.
+
+  Needed by the staged methods (UDI's follower and fusion stages, BML-MI's distillation), whose
+  frozen branches must not move even under weight decay; zeroing their gradients is not enough.
+
+  Args:
+    tx: the optimiser.
+    frozen: top-level keys of the params (modality names, "fusion") to keep fixed.
+  """
+  def labels(params):
+    return {k: jax.tree.map(lambda _, k=k: "frozen" if k in frozen else "train", v)
+            for k, v in params.items()}
+
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def make_outputs_step(model, method: Method):
+  """A jitted `(state, batch) -> outputs` in inference mode, for the phases between epochs.
+
+  Returns every model output the host-level phases read (PMR's prototypes, UDI's anchor choice,
+  BML-MI's mutual-information estimates, G-Blending's branch losses): `features` [M, B, d],
+  `logits` [M, B, C], `fused_logits` [B, C] and `partial_logits` [M, B, C] when the model has
+  them, plus `label` and `mask` [B].
+  """
+
+  def outputs_step(state, batch):
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    out = model.apply(variables, batch, train=False, **method.forward_kwargs(state.method))
+    keep = ("features", "logits", "fused_logits", "partial_logits")
+    result = {k: out[k] for k in keep if k in out}
+    result["label"] = batch["label"]
+    result["mask"] = (batch["mask"] if "mask" in batch
+                      else jnp.ones(batch["label"].shape, jnp.float32))
+    return result
+
+  return jax.jit(outputs_step)

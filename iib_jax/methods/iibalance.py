@@ -31,6 +31,7 @@ DEFAULTS = {
     "detach_weights_in_aux": True,     # no gradient into w through the γ term
     "prior": "iib",                    # "iib" or "uniform" (Table II: w/o IIB prior)
     "stage_one": True,                 # False: Table II w/o Stage I (no PRA, λ_m = 0)
+    "fusion_rule": "gated",            # "prior" / "mean": Table II w/o Stage II (fixed weights)
 }
 
 
@@ -124,6 +125,7 @@ def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
     return state.replace(bank=aux["bank"])
 
   return base.Method(name="iibalance", init_state=init_state, loss=loss,
-                     model={"fusion": "gated", "detach_heads": False},
+                     model={"fusion": "gated", "detach_heads": False,
+                            "fusion_rule": opts["fusion_rule"]},
                      forward_kwargs=lambda state: {"prior": state.beta},
                      update_state=update_state, needs_budgets=True)

@@ -96,6 +96,8 @@ class GatedFusion(nn.Module):
     detach_uncertainty: stop gradients through u_m, so the fused loss cannot lower itself by
       making a modality's unimodal prediction less certain (FIDELITY: gradient through u).
     detach_gate_features: stop gradients from the gate into the encoders through Pool(z_m).
+    rule: "gated" (Eqs. 7–10), or a fixed rule for the Table II ablation "w/o Stage II":
+      "prior" (w = β for every sample) or "mean" (w = 1/M).
     dtype: compute dtype.
   """
   num_classes: int
@@ -103,6 +105,7 @@ class GatedFusion(nn.Module):
   gate_pool: str = "identity"
   detach_uncertainty: bool = True
   detach_gate_features: bool = False
+  rule: str = "gated"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -112,11 +115,20 @@ class GatedFusion(nn.Module):
     uncertainty = budget.normalized_entropy_from_logits(unimodal_logits).T       # [B, M]
     if self.detach_uncertainty:
       uncertainty = jax.lax.stop_gradient(uncertainty)
-    gate_feats = jax.lax.stop_gradient(feats) if self.detach_gate_features else feats
-    phi = fusion_lib.gate_input(uncertainty, list(gate_feats), pool=self.gate_pool)
-    gate_logits = fusion_lib.Gate(num_modalities, self.gate_hidden, dtype=self.dtype,
-                                  name="gate")(phi)
-    weights = fusion_lib.fusion_weights(prior, uncertainty, gate_logits)          # [B, M]
+    batch = feats.shape[1]
+    if self.rule == "gated":
+      gate_feats = jax.lax.stop_gradient(feats) if self.detach_gate_features else feats
+      phi = fusion_lib.gate_input(uncertainty, list(gate_feats), pool=self.gate_pool)
+      gate_logits = fusion_lib.Gate(num_modalities, self.gate_hidden, dtype=self.dtype,
+                                    name="gate")(phi)
+      weights = fusion_lib.fusion_weights(prior, uncertainty, gate_logits)        # [B, M]
+    elif self.rule in ("prior", "mean"):
+      fixed = (jnp.asarray(prior, jnp.float32) if self.rule == "prior"
+               else jnp.full((num_modalities,), 1.0 / num_modalities))
+      weights = jnp.broadcast_to(fixed, (batch, num_modalities))
+      gate_logits = jnp.zeros((batch, num_modalities), jnp.float32)
+    else:
+      raise ValueError(f"fusion rule must be 'gated', 'prior' or 'mean', got {self.rule!r}")
     fused = fusion_lib.fuse(weights, feats)                                       # [B, d]
     logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=_DENSE_INIT,
                       name="head")(fused)
@@ -136,6 +148,7 @@ class MultimodalModel(nn.Module):
     encoder_size: "full" or "tiny" (width-8 encoders for tests).
     detach_heads: unimodal heads read stop_gradient(z_m).
     gate_hidden, gate_pool, detach_uncertainty, detach_gate_features: see GatedFusion.
+    fusion_rule: GatedFusion's `rule`.
     dtype: compute dtype (float32 or bfloat16); parameters stay float32, logits are float32.
   """
   modalities: Sequence[str]
@@ -149,6 +162,7 @@ class MultimodalModel(nn.Module):
   gate_pool: str = "identity"
   detach_uncertainty: bool = True
   detach_gate_features: bool = False
+  fusion_rule: str = "gated"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -187,8 +201,8 @@ class MultimodalModel(nn.Module):
       if prior is None:
         raise ValueError("gated fusion needs the relative budgets: pass prior=beta")
       out.update(GatedFusion(self.num_classes, self.gate_hidden, self.gate_pool,
-                             self.detach_uncertainty, self.detach_gate_features, self.dtype,
-                             name="fusion")(feats, logits, prior))
+                             self.detach_uncertainty, self.detach_gate_features,
+                             self.fusion_rule, self.dtype, name="fusion")(feats, logits, prior))
     return out
 
 
