@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import plots
+from experiments import phases, plots
 from experiments.configs import common
 from iib_jax import checkpoint, estimate, loop, methods, state as state_lib, train, writers
 from iib_jax.models import build_model
@@ -221,6 +221,12 @@ def train_method(config, name: str, data: Data, workdir: str,
                                      batch_sharding=dev.batch)
   eval_step = train.make_eval_step(model, method, state_sharding=dev.replicated,
                                    batch_sharding=dev.batch)
+  hooks = phases.hooks(name, phases.Context(config=config, data=data, workdir=workdir,
+                                            model=model, method=method, tx=tx,
+                                            train_step=train_step, eval_step=eval_step,
+                                            spec=spec, budgets=budgets))
+  if start_epoch == 0:
+    state = hooks.before_training(state)
 
   def on_log(step, metrics):
     writer.write(phase="multimodal", split="train_steps", epoch=step // spec.steps_per_epoch,
@@ -241,6 +247,7 @@ def train_method(config, name: str, data: Data, workdir: str,
         e, config.seed), val_batches=lambda: data.eval("validation"), modalities=modalities,
                         epochs=epochs, start_epoch=start_epoch, log_every=config.log_every_steps,
                         on_epoch_end=on_epoch_end, on_log=on_log,
+                        between_epochs=hooks.between_epochs,
                         steps_per_epoch=spec.steps_per_epoch, desc=name,
                         show_progress=config.progress)
 

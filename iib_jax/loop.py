@@ -132,6 +132,7 @@ def fit(train_step: Callable, eval_step: Callable, state, *,
         start_epoch: int = 0, log_every: int = 50,
         on_epoch_end: Callable[[int, Any, dict, dict], bool | None] | None = None,
         on_log: Callable[[int, dict], None] | None = None,
+        between_epochs: Callable[[int, Any, dict], Any] | None = None,
         steps_per_epoch: int | None = None, desc: str = "train", show_progress: bool = True):
   """Trains for `epochs` epochs, evaluating on validation after each.
 
@@ -148,6 +149,9 @@ def fit(train_step: Callable, eval_step: Callable, state, *,
     on_epoch_end: (epoch, state, train metrics, validation summary) -> True to stop early. It may
       save checkpoints and write logs.
     on_log: see `train_epoch`.
+    between_epochs: (epoch, state, validation summary) -> state, run after each epoch's
+      evaluation and before `on_epoch_end` (so checkpoints hold its result): the place for a
+      method's per-epoch updates of its state (e.g. learning-rate factors from validation).
     steps_per_epoch: for the progress bar's total and ETA.
     desc: progress bar label.
     show_progress: draw a tqdm bar.
@@ -167,6 +171,8 @@ def fit(train_step: Callable, eval_step: Callable, state, *,
                                             log_every=log_every, on_log=on_log, progress=bar)
       val = evaluate(eval_step, state, val_batches(), modalities)
       history.append(val)
+      if between_epochs is not None:
+        state = between_epochs(epoch, state, val)
       if on_epoch_end is not None and on_epoch_end(epoch, state, train_metrics, val):
         break
   finally:
