@@ -1,0 +1,361 @@
+"""tf.data input pipeline: prepared TFRecord shards → numpy batches (imports TensorFlow).
+
+  info = data.load_info(data_dir)
+  train = data.make_dataset(data_dir, 'train', batch_size=32, train=True, seed=0, epoch=epoch)
+  for batch in sharding.prefetch_to_device(train, batch_sharding):   # or plain `for batch in train`
+    ...
+
+Batch contract (numpy, host-local part of the global batch):
+  'video'    float32 [B, T, H, W, 3]   ImageNet-normalised frames
+  'audio'    float32 [B, time, bins]   audio features, cropped / padded, normalised
+  'label'    int32   [B]
+  'mask'     float32 [B]               1 for a real clip, 0 for padding (evaluation only)
+  'clip_id'  bytes   [B]               host-only; never sent to a device
+The modality keys are configurable (`modalities={'visual': 'video', 'audio': 'audio'}` maps a
+batch key to a stored modality), and a subset skips the other modality's decoding.
+
+Order: a function of (seed, epoch) only; `start_batch` resumes an epoch at an exact batch.
+Multi-host: each host reads its part (whole shards when that balances the hosts, else every
+`process_count`-th example) and yields `batch_size // process_count` examples per batch; every
+host yields the same number of batches (`num_batches`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import tensorflow as tf
+
+from iib_jax import preprocess, schema
+from iib_jax.schema import load_info
+
+try:
+  # The input pipeline runs on the host; never let TensorFlow take accelerator memory.
+  tf.config.set_visible_devices([], "GPU")
+except (RuntimeError, ValueError):  # already initialised by the caller: leave it as it is
+  pass
+
+AUTOTUNE = tf.data.AUTOTUNE
+__all__ = ["load_info", "make_dataset", "make_tf_dataset", "num_batches", "host_files",
+           "audio_normalization", "Batches"]
+
+
+def _process(process_index: Optional[int], process_count: Optional[int]) -> tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax
+
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} outside [0, {process_count})")
+  return process_index, process_count
+
+
+def _split_info(info: Mapping[str, Any], split: str) -> tuple[list[str], list[int]]:
+  if split not in info["files"]:
+    raise ValueError(f"{info['data_dir']} has no split {split!r}; it has "
+                     f"{sorted(info['files'])}")
+  return info["files"][split], info["shard_lengths"][split]
+
+
+def _file_level(lengths: Sequence[int], process_count: int, host_sharding: str) -> bool:
+  if host_sharding not in ("auto", "file", "example"):
+    raise ValueError(f"host_sharding must be auto, file or example, got {host_sharding!r}")
+  if process_count == 1:
+    return True
+  if host_sharding == "example":
+    return False
+  if len(lengths) < process_count:
+    if host_sharding == "file":
+      raise ValueError(f"{len(lengths)} shards cannot be split over {process_count} hosts")
+    return False
+  if host_sharding == "file":
+    return True
+  counts = [sum(lengths[h::process_count]) for h in range(process_count)]
+  # Whole shards per host only when the hosts then hold nearly equal shares; otherwise the
+  # smallest host would set the number of training batches for all.
+  return max(counts) - min(counts) <= 0.05 * max(counts)
+
+
+def host_files(data_dir: str, split: str, *, process_index: Optional[int] = None,
+               process_count: Optional[int] = None, host_sharding: str = "auto"
+               ) -> tuple[list[str], int, bool]:
+  """The shards a host reads, its example count, and whether it reads whole shards.
+
+  Returns:
+    (files, number of examples this host yields per epoch before batching, file_level). With
+    file_level False the host reads every file and keeps every process_count-th example.
+  """
+  index, count = _process(process_index, process_count)
+  files, lengths = _split_info(load_info(data_dir), split)
+  if _file_level(lengths, count, host_sharding):
+    return files[index::count], sum(lengths[index::count]), True
+  total = sum(lengths)
+  return files, max(0, (total - index + count - 1) // count), False
+
+
+def num_batches(data_dir: str, split: str, *, batch_size: int, train: bool,
+                process_count: Optional[int] = None, host_sharding: str = "auto") -> int:
+  """Batches per epoch, the same on every host.
+
+  Training drops the remainder (floor of the smallest host's share); evaluation pads (ceil of
+  the largest host's share), so every clip is seen exactly once.
+
+  Args:
+    batch_size: the global batch size (divisible by the number of hosts).
+  """
+  if process_count is None:
+    import jax
+
+    process_count = jax.process_count()
+  count = process_count
+  local = _local_batch(batch_size, count)
+  shares = [host_files(data_dir, split, process_index=h, process_count=count,
+                       host_sharding=host_sharding)[1] for h in range(count)]
+  if train:
+    return min(shares) // local
+  return max(math.ceil(s / local) for s in shares)
+
+
+def _local_batch(batch_size: int, process_count: int) -> int:
+  if batch_size <= 0 or batch_size % process_count:
+    raise ValueError(f"batch_size {batch_size} must be a positive multiple of the number of "
+                     f"hosts ({process_count})")
+  return batch_size // process_count
+
+
+def audio_normalization(info: Mapping[str, Any],
+                        audio_norm: Union[None, str, Sequence[float]] = None
+                        ) -> Optional[tuple[float, float]]:
+  """(mean, std) of the audio normalisation, or None for none.
+
+  Args:
+    info: from `load_info`.
+    audio_norm: None (the preset's recommendation recorded in the metadata), 'none',
+      'dataset' (the training split's mean and std, from the metadata), 'ks' (the
+      Kinetics-Sounds fbank constants: mean -4.503877, std 2 * 5.141276) or (mean, std).
+  """
+  audio = info["audio"]
+  if audio_norm is None:
+    audio_norm = audio.get("norm", "none")
+  if isinstance(audio_norm, str):
+    if audio_norm == "none":
+      return None
+    if audio_norm == "dataset":
+      return float(audio["mean"]), float(audio["std"]) or 1.0
+    if audio_norm == "ks":
+      return schema.KS_FBANK_MEAN, 2 * schema.KS_FBANK_STD
+    raise ValueError(f"audio_norm must be none, dataset, ks or (mean, std), got {audio_norm!r}")
+  mean, std = audio_norm
+  return float(mean), float(std)
+
+
+def default_ops(info: Mapping[str, Any], *, train: bool, stored: Sequence[str],
+                num_frames: int = 3, image_size: Optional[int] = None,
+                audio_frames: Optional[int] = None,
+                audio_norm: Union[None, str, Sequence[float]] = None,
+                audio_pad: str = "zeros", audio_random_crop: bool = False,
+                audio_position: str = "start", crop_scale: Sequence[float] = (0.08, 1.0),
+                crop_ratio: Sequence[float] = (3 / 4, 4 / 3), per_frame: bool = True
+                ) -> list:
+  """The standard op list (METHODS.md §1.3): segment sampling, JPEG decoding, random resized
+  crop + flip (train) or resize (eval), ImageNet normalisation; audio crop/pad, normalisation."""
+  ops = []
+  if "video" in stored:
+    size = int(image_size or info["video"]["height"])
+    ops.append(preprocess.sample_frames(num_frames, train=train))
+  if "audio" in stored:
+    frames = int(audio_frames or info["audio"]["default_frames"])
+    ops.append(preprocess.crop_audio(frames, random=train and audio_random_crop, pad=audio_pad,
+                                     position=audio_position))
+  if "video" in stored:
+    ops.append(preprocess.decode_frames(int(info["video"]["height"]),
+                                        int(info["video"]["width"])))
+    if train:
+      ops.append(preprocess.random_resized_crop(size, crop_scale, crop_ratio, per_frame))
+      ops.append(preprocess.flip_left_right(per_frame))
+    else:
+      ops.append(preprocess.resize(size))
+    ops.append(preprocess.normalize_frames())
+  norm = audio_normalization(info, audio_norm) if "audio" in stored else None
+  if norm is not None:
+    ops.append(preprocess.normalize_audio(*norm))
+  return ops
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+  # Distinct, reproducible seeds per (seed, epoch); tf.data seeds are int64.
+  return int(np.random.default_rng([seed, epoch]).integers(0, 2 ** 31 - 1))
+
+
+def make_tf_dataset(data_dir: str, split: str, *, batch_size: int, train: bool,
+                    num_frames: int = 3, image_size: Optional[int] = None,
+                    audio_frames: Optional[int] = None,
+                    audio_norm: Union[None, str, Sequence[float]] = None,
+                    audio_pad: str = "zeros", audio_random_crop: bool = False,
+                    audio_position: str = "start", per_frame_augment: bool = True,
+                    crop_scale: Sequence[float] = (0.08, 1.0),
+                    crop_ratio: Sequence[float] = (3 / 4, 4 / 3), seed: int = 0, epoch: int = 0,
+                    start_batch: int = 0, shuffle_buffer: int = 1024,
+                    modalities: Optional[Mapping[str, str]] = None,
+                    ops: Union[None, str, Sequence] = None,
+                    process_index: Optional[int] = None, process_count: Optional[int] = None,
+                    host_sharding: str = "auto", cycle_length: int = 16,
+                    num_parallel_calls: int = AUTOTUNE, prefetch: int = AUTOTUNE
+                    ) -> tf.data.Dataset:
+  """One epoch of batches as a tf.data.Dataset of dicts (see the module docstring).
+
+  Args:
+    data_dir: the prepared dataset directory.
+    split: 'train', 'validation' or 'test'.
+    batch_size: the global batch size; each host yields batch_size // process_count.
+    train: training (shuffle, random frames and augmentation, drop the last partial batch) or
+      evaluation (file order, centre frames, resize, pad the last batch and mark it in 'mask').
+    num_frames: T, frames per clip (segment sampling).
+    image_size: output frame size (default: the stored size).
+    audio_frames: audio length (default: the metadata's default_frames).
+    audio_norm: see `audio_normalization` (default: the preset's recommendation).
+    audio_pad: 'zeros' or 'tile', for clips shorter than audio_frames.
+    audio_random_crop: in training, crop audio at a random offset instead of `audio_position`.
+    audio_position: 'start' or 'center', the deterministic crop window.
+    per_frame_augment: independent crop / flip per frame (as the reference loaders) or one per
+      clip.
+    crop_scale, crop_ratio: RandomResizedCrop's area and aspect ranges.
+    seed, epoch: the order and the augmentation are functions of these (and the data only).
+    start_batch: skip this many batches of the epoch (resume); the rest are unchanged.
+    shuffle_buffer: examples in the shuffle buffer (after frame selection and audio cropping,
+      so an example is T JPEGs + the audio window).
+    modalities: {batch key: stored modality ('video' or 'audio')}; default
+      schema.DEFAULT_BATCH_KEYS.
+    ops: replaces the standard op list: a list of preprocess ops or a string for
+      `preprocess.parse_ops`; the leading selection ops run before the shuffle buffer.
+    process_index, process_count: this host (default: jax.process_index() / process_count()).
+    host_sharding: 'auto', 'file' or 'example' (see `host_files`).
+    cycle_length: shards read concurrently in training.
+    num_parallel_calls, prefetch: tf.data parallelism and prefetch depth.
+
+  Returns:
+    A tf.data.Dataset of batches, exactly `num_batches(...) - start_batch` of them.
+  """
+  info = load_info(data_dir)
+  index, count = _process(process_index, process_count)
+  local = _local_batch(batch_size, count)
+  modalities = dict(schema.DEFAULT_BATCH_KEYS if modalities is None else modalities)
+  for key, kind in modalities.items():
+    if kind not in schema.MODALITY_FEATURES:
+      raise ValueError(f"modality {key!r} maps to unknown stored modality {kind!r}; stored "
+                       f"modalities: {sorted(schema.MODALITY_FEATURES)}")
+  stored = sorted(set(modalities.values()))
+  if ops is None:
+    ops = default_ops(info, train=train, stored=stored, num_frames=num_frames,
+                      image_size=image_size, audio_frames=audio_frames, audio_norm=audio_norm,
+                      audio_pad=audio_pad, audio_random_crop=audio_random_crop,
+                      audio_position=audio_position, crop_scale=crop_scale,
+                      crop_ratio=crop_ratio, per_frame=per_frame_augment)
+  elif isinstance(ops, str):
+    ops = preprocess.parse_ops(ops)
+  ops = list(ops)
+  n_select = 0
+  while n_select < len(ops) and getattr(ops[n_select], "stage", None) == preprocess.SELECT:
+    n_select += 1
+  select_ops, transform_ops = ops[:n_select], ops[n_select:]
+
+  files, _, file_level = host_files(data_dir, split, process_index=index, process_count=count,
+                                    host_sharding=host_sharding)
+  total_batches = num_batches(data_dir, split, batch_size=batch_size, train=train,
+                              process_count=count, host_sharding=host_sharding)
+  epoch_seed = _epoch_seed(seed, epoch)
+  bins = int(info["audio"]["bins"])
+
+  ds = tf.data.Dataset.from_tensor_slices(files)
+  if train:
+    ds = ds.shuffle(len(files), seed=epoch_seed, reshuffle_each_iteration=False)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(cycle_length, len(files))),
+                       block_length=1, num_parallel_calls=AUTOTUNE, deterministic=True)
+  else:
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=1, num_parallel_calls=1,
+                       deterministic=True)
+  if not file_level and count > 1:
+    ds = ds.shard(count, index)
+  ds = ds.enumerate()
+
+  def select(i, serialized):
+    seed_pair = tf.stack([tf.constant(epoch_seed, tf.int64), tf.cast(i, tf.int64)])
+    ex = preprocess.parse(serialized, stored, audio_bins=bins)
+    return seed_pair, preprocess.apply(select_ops, ex, seed_pair)
+
+  ds = ds.map(select, num_parallel_calls=num_parallel_calls, deterministic=True)
+  if train:
+    ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+  if start_batch:
+    ds = ds.skip(start_batch * local)
+
+  def transform(seed_pair, ex):
+    ex = preprocess.apply(transform_ops, ex, seed_pair)
+    out = {key: ex[kind] for key, kind in modalities.items()}
+    out.update(label=ex["label"], clip_id=ex["clip_id"], mask=tf.constant(1.0, tf.float32))
+    return out
+
+  ds = ds.map(transform, num_parallel_calls=num_parallel_calls, deterministic=True)
+  remaining = max(total_batches - start_batch, 0)
+  if train:
+    ds = ds.batch(local, drop_remainder=True).take(remaining)
+  else:
+    ds = ds.batch(local, drop_remainder=False).map(lambda b: _pad_batch(b, local))
+    # Hosts with a smaller share add whole padding batches, so that every host runs the same
+    # number of evaluation steps.
+    padding = tf.data.Dataset.from_tensors(_zeros_like_spec(ds.element_spec)).repeat()
+    ds = ds.concatenate(padding).take(remaining)
+  options = tf.data.Options()
+  options.deterministic = True
+  options.experimental_optimization.map_parallelization = True
+  return ds.with_options(options).prefetch(prefetch)
+
+
+def _pad_batch(batch: dict, size: int) -> dict:
+  n = tf.shape(batch["label"])[0]
+
+  def pad(x):
+    paddings = [[0, size - n]] + [[0, 0]] * (len(x.shape) - 1)
+    return tf.ensure_shape(tf.pad(x, paddings), [size] + list(x.shape[1:]))
+
+  return {k: pad(v) for k, v in batch.items()}  # 'mask' pads with 0: padding never counts
+
+
+def _zeros_like_spec(spec: Mapping[str, tf.TensorSpec]) -> dict:
+  return {k: (tf.fill(s.shape, tf.constant("", tf.string)) if s.dtype == tf.string
+              else tf.zeros(s.shape, s.dtype)) for k, s in spec.items()}
+
+
+class Batches:
+  """One epoch of numpy batches: iterable (any number of times, same batches) with a length.
+
+  Attributes:
+    dataset: the underlying tf.data.Dataset.
+  """
+
+  def __init__(self, dataset: tf.data.Dataset, length: int):
+    self.dataset = dataset
+    self._length = length
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self.dataset.as_numpy_iterator()
+
+
+def make_dataset(data_dir: str, split: str, *, batch_size: int, train: bool,
+                 start_batch: int = 0, process_count: Optional[int] = None,
+                 host_sharding: str = "auto", **kwargs) -> Batches:
+  """One epoch of numpy batches (the batch contract of the module docstring).
+
+  Takes the arguments of `make_tf_dataset`; `len()` of the result is the number of batches.
+  """
+  ds = make_tf_dataset(data_dir, split, batch_size=batch_size, train=train,
+                       start_batch=start_batch, process_count=process_count,
+                       host_sharding=host_sharding, **kwargs)
+  total = num_batches(data_dir, split, batch_size=batch_size, train=train,
+                      process_count=process_count, host_sharding=host_sharding)
+  return Batches(ds, max(total - start_batch, 0))
