@@ -253,8 +253,9 @@ def test_prefetch_to_device_places_numeric_keys_only(data_dir):
       np.testing.assert_array_equal(np.asarray(value), numpy_batch[key])
 
 
-def test_importing_iib_jax_leaves_tensorflow_librosa_and_av_out():
-  code = ("import sys, iib_jax, iib_jax.schema, iib_jax.sharding; "
-          "bad = [m for m in ('tensorflow', 'librosa', 'av') if m in sys.modules]; "
+def test_importing_iib_jax_leaves_tensorflow_librosa_av_and_torch_out():
+  code = ("import sys, iib_jax, iib_jax.schema, iib_jax.sharding, iib_jax.estimate, "
+          "iib_jax.checkpoint, iib_jax.writers, iib_jax.loop; "
+          "bad = [m for m in ('tensorflow', 'librosa', 'av', 'torch') if m in sys.modules]; "
           "assert not bad, bad")
   subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
