@@ -3,7 +3,8 @@
   python -m experiments.fidelity --seeds=3 --root=runs/fidelity
 
 On the synthetic dataset (or --config.data.dir=...): PRA with cosine vs dot similarity (Eq. 4),
-and the auxiliary term of Eq. 11 with and without a gradient into the fusion weights; each variant
+the auxiliary term of Eq. 11 with and without a gradient into the fusion weights, and the
+multimodal encoders started fresh or from the unimodal (IIB) phase; each variant
 over several seeds, sharing each seed's budget estimation. Writes `<root>/fidelity.md`.
 """
 from __future__ import annotations
@@ -29,6 +30,9 @@ VARIANTS = {
                                 "methods.iibalance.detach_weights_in_aux": False},
     "dot, gradient into w": {"methods.iibalance.similarity": "dot",
                              "methods.iibalance.detach_weights_in_aux": False},
+    "cosine, detached w, warm start": {"methods.iibalance.similarity": "cosine",
+                                       "methods.iibalance.detach_weights_in_aux": True,
+                                       "iib.warm_start": True},
 }
 
 

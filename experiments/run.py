@@ -168,9 +168,9 @@ def iib_phase(config, data: Data, workdir: str, writer: writers.MetricWriter) ->
   return record
 
 
-def _warm_start(state, workdir, modalities):
+def _warm_start(state, iib_dir, modalities):
   """Copies each modality's branch from the unimodal phase into a fresh multimodal state."""
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "iib"))
+  ckpt = checkpoint.Checkpointer(iib_dir)
   abstract = {"params": {m: state.params[m] for m in modalities},
               "batch_stats": {m: state.batch_stats[m] for m in modalities
                               if m in state.batch_stats}}
@@ -184,8 +184,11 @@ def _warm_start(state, workdir, modalities):
 
 
 def train_method(config, name: str, data: Data, workdir: str,
-                 budgets: Mapping[str, Any] | None) -> dict[str, Any]:
-  """Trains one method, selects its best epoch on validation, evaluates best and last on test."""
+                 budgets: Mapping[str, Any] | None, iib_dir: str | None = None) -> dict[str, Any]:
+  """Trains one method, selects its best epoch on validation, evaluates best and last on test.
+
+  `iib_dir` holds the unimodal phase (for `iib.warm_start`); default `<workdir>/iib`.
+  """
   os.makedirs(workdir, exist_ok=True)
   modalities = tuple(config.modalities)
   epochs = config.optim.epochs
@@ -213,9 +216,8 @@ def train_method(config, name: str, data: Data, workdir: str,
     log(f"[{name}] resuming from the checkpoint of epoch {start_epoch} in {workdir}")
   else:
     state = init(rng, example)
-    if config.iib.warm_start and budgets is not None:
-      state = _warm_start(state, os.path.dirname(workdir) if name != config.method else workdir,
-                          modalities)
+    if config.iib.warm_start:
+      state = _warm_start(state, iib_dir or os.path.join(workdir, "iib"), modalities)
   log(f"[{name}] parameters: {_param_report(state.params)}")
   train_step = train.make_train_step(model, tx, method, state_sharding=dev.replicated,
                                      batch_sharding=dev.batch)
@@ -354,16 +356,17 @@ def main(config: ml_collections.ConfigDict) -> dict[str, Any]:
       + ", ".join(f"{s} {n}" for s, n in data.info["splits"].items()) + f"); devices: "
       f"{devices.count} × {jax.devices()[0].device_kind}")
   names = [config.method] + [m for m in config.compare_with if m != config.method]
-  need_budgets = any(methods.get_method(n, config.methods.get(n, {}), methods.MethodSpec(
-      tuple(config.modalities), 2, 1, 1, 1, (0.0,) * len(config.modalities))).needs_budgets
-                     for n in names)
+  need_budgets = config.iib.warm_start or any(methods.get_method(
+      n, config.methods.get(n, {}), methods.MethodSpec(
+          tuple(config.modalities), 2, 1, 1, 1, (0.0,) * len(config.modalities))).needs_budgets
+      for n in names)
   writer = writers.MetricWriter(workdir, config.modalities)
   budgets = iib_phase(config, data, workdir, writer) if need_budgets else None
   writer.close()
   rows = []
   for name in names:
     sub = workdir if name == config.method else os.path.join(workdir, "compare", name)
-    rows.append(train_method(config, name, data, sub, budgets))
+    rows.append(train_method(config, name, data, sub, budgets, os.path.join(workdir, "iib")))
   markdown = results_markdown(rows, config.modalities, config.data.name, budgets)
   markdown += f"\nWall time: {time.time() - t0:.0f} s on {devices.count} × " \
               f"{jax.devices()[0].device_kind}.\n"

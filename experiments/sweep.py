@@ -64,7 +64,7 @@ def run_variants(config: ml_collections.ConfigDict, variants: Mapping[str, Mappi
     if pending:
       base = override(config, {"seed": seed})
       data = runner.Data(base, base.data.dir, devices)
-      if any(_needs_budgets(c) for c in pending.values()):
+      if any(_needs_budgets(c) or c.iib.warm_start for c in pending.values()):
         writer = writers.MetricWriter(seed_dir, base.modalities)
         budgets = runner.iib_phase(base, data, seed_dir, writer)
         writer.close()
@@ -75,7 +75,8 @@ def run_variants(config: ml_collections.ConfigDict, variants: Mapping[str, Mappi
         t0 = time.time()
         runner.log(f"== {name}, seed {seed}")
         out = runner.train_method(cfg, cfg.method, data, os.path.join(seed_dir, name),
-                                  budgets if _needs_budgets(cfg) else None)
+                                  budgets if _needs_budgets(cfg) else None,
+                                  iib_dir=os.path.join(seed_dir, "iib"))
         out["wall_s"] = time.time() - t0
         with open(path, "w") as f:
           json.dump(out, f, indent=2)
