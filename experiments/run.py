@@ -168,6 +168,12 @@ def iib_phase(config, data: Data, workdir: str, writer: writers.MetricWriter) ->
   return record
 
 
+def warm_start(config, name: str) -> bool:
+  """Whether method `name` starts its encoders from the unimodal phase: `iib.warm_start` for
+  every method, or the method's own `warm_start` option (IIBalance's default, docs/FIDELITY.md)."""
+  return bool(config.iib.warm_start or config.methods.get(name, {}).get("warm_start", False))
+
+
 def _warm_start(state, iib_dir, modalities):
   """Copies each modality's branch from the unimodal phase into a fresh multimodal state."""
   ckpt = checkpoint.Checkpointer(iib_dir)
@@ -184,20 +190,27 @@ def _warm_start(state, iib_dir, modalities):
 
 
 def train_method(config, name: str, data: Data, workdir: str,
-                 budgets: Mapping[str, Any] | None, iib_dir: str | None = None) -> dict[str, Any]:
+                 budgets: Mapping[str, Any] | None, iib_dir: str | None = None,
+                 stage: phases.Stage | None = None) -> dict[str, Any]:
   """Trains one method, selects its best epoch on validation, evaluates best and last on test.
 
-  `iib_dir` holds the unimodal phase (for `iib.warm_start`); default `<workdir>/iib`.
+  `iib_dir` holds the unimodal phase (for `iib.warm_start`); default `<workdir>/iib`. A method
+  trained in stages (`phases.RUNNERS`) calls back here once per `stage`.
   """
+  if stage is None and name in phases.RUNNERS:
+    return phases.RUNNERS[name](phases.Run(train_method, config, name, data, workdir, budgets,
+                                           iib_dir or os.path.join(workdir, "iib")))
   os.makedirs(workdir, exist_ok=True)
   modalities = tuple(config.modalities)
   epochs = config.optim.epochs
   spec = methods.MethodSpec(modalities, data.num_classes, config.model.feature_dim,
                             data.steps_per_epoch(), epochs,
                             tuple(budgets["budgets"]) if budgets else None)
-  method = methods.get_method(name, config.methods.get(name, {}), spec)
+  method = methods.get_method(name, phases.method_options(config, name), spec)
   model = _model(config, modalities, data.num_classes, method)
   tx = _tx(config)
+  if stage is not None and stage.frozen:
+    tx = methods.base.freeze_branches(tx, stage.frozen)
   dev = data.devices
   writer = writers.MetricWriter(workdir, modalities)
   ckpt = checkpoint.Checkpointer(workdir)
@@ -216,17 +229,20 @@ def train_method(config, name: str, data: Data, workdir: str,
     log(f"[{name}] resuming from the checkpoint of epoch {start_epoch} in {workdir}")
   else:
     state = init(rng, example)
-    if config.iib.warm_start:
+    if warm_start(config, name) and stage is None:   # a stage loads its own branches
       state = _warm_start(state, iib_dir or os.path.join(workdir, "iib"), modalities)
   log(f"[{name}] parameters: {_param_report(state.params)}")
   train_step = train.make_train_step(model, tx, method, state_sharding=dev.replicated,
                                      batch_sharding=dev.batch)
   eval_step = train.make_eval_step(model, method, state_sharding=dev.replicated,
                                    batch_sharding=dev.batch)
-  hooks = phases.hooks(name, phases.Context(config=config, data=data, workdir=workdir,
-                                            model=model, method=method, tx=tx,
-                                            train_step=train_step, eval_step=eval_step,
-                                            spec=spec, budgets=budgets))
+  context = phases.Context(config=config, data=data, workdir=workdir, model=model, method=method,
+                           tx=tx, train_step=train_step, eval_step=eval_step, spec=spec,
+                           budgets=budgets)
+  hooks = (stage.hooks(context) if stage is not None and stage.hooks is not None
+           else phases.hooks(name, context))
+  eval_step = hooks.eval_step or eval_step
+  train_batches = hooks.train_batches or (lambda e: data.train(e, config.seed))
   if start_epoch == 0:
     state = hooks.before_training(state)
 
@@ -245,8 +261,8 @@ def train_method(config, name: str, data: Data, workdir: str,
     return False
 
   if start_epoch < epochs:
-    state, _ = loop.fit(train_step, eval_step, state, train_batches=lambda e: data.train(
-        e, config.seed), val_batches=lambda: data.eval("validation"), modalities=modalities,
+    state, _ = loop.fit(train_step, eval_step, state, train_batches=train_batches,
+                        val_batches=lambda: data.eval("validation"), modalities=modalities,
                         epochs=epochs, start_epoch=start_epoch, log_every=config.log_every_steps,
                         on_epoch_end=on_epoch_end, on_log=on_log,
                         between_epochs=hooks.between_epochs,
@@ -356,7 +372,7 @@ def main(config: ml_collections.ConfigDict) -> dict[str, Any]:
       + ", ".join(f"{s} {n}" for s, n in data.info["splits"].items()) + f"); devices: "
       f"{devices.count} × {jax.devices()[0].device_kind}")
   names = [config.method] + [m for m in config.compare_with if m != config.method]
-  need_budgets = config.iib.warm_start or any(methods.get_method(
+  need_budgets = any(warm_start(config, n) for n in names) or any(methods.get_method(
       n, config.methods.get(n, {}), methods.MethodSpec(
           tuple(config.modalities), 2, 1, 1, 1, (0.0,) * len(config.modalities))).needs_budgets
       for n in names)

@@ -64,7 +64,7 @@ def run_variants(config: ml_collections.ConfigDict, variants: Mapping[str, Mappi
     if pending:
       base = override(config, {"seed": seed})
       data = runner.Data(base, base.data.dir, devices)
-      if any(_needs_budgets(c) or c.iib.warm_start for c in pending.values()):
+      if any(_needs_budgets(c) or runner.warm_start(c, c.method) for c in pending.values()):
         writer = writers.MetricWriter(seed_dir, base.modalities)
         budgets = runner.iib_phase(base, data, seed_dir, writer)
         writer.close()

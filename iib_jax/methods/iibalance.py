@@ -28,10 +28,11 @@ DEFAULTS = {
     "lambda_schedule": "epoch",        # λ(t) constant within an epoch, or "step" (fractional t)
     "prototypes_in_loss": "before",    # PRA sees the bank "before" or "after" this batch's update
     "mask_unseen_prototypes": True,    # leave never-seen classes out of the PRA softmax
-    "detach_weights_in_aux": True,     # no gradient into w through the γ term
+    "detach_weights_in_aux": False,    # True: no gradient into w through the γ term
     "prior": "iib",                    # "iib" or "uniform" (Table II: w/o IIB prior)
     "stage_one": True,                 # False: Table II w/o Stage I (no PRA, λ_m = 0)
     "fusion_rule": "gated",            # "prior" / "mean": Table II w/o Stage II (fixed weights)
+    "warm_start": True,                # encoders start from the unimodal phase (read by the runner)
 }
 
 
