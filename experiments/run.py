@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Any, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 

@@ -6,7 +6,6 @@ run again, so an interrupted sweep resumes where it stopped.
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time

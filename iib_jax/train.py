@@ -1,7 +1,7 @@
 """The jit-compiled train and eval steps, and the optimiser."""
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax

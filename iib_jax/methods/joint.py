@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import jax.numpy as jnp
-
 from iib_jax import losses
 from iib_jax.methods import base
 
