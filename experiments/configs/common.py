@@ -10,12 +10,18 @@ import os
 
 import ml_collections
 
-from iib_jax.methods import METHODS
+from iib_jax.methods import (METHODS, MethodSpec, agm, bmlmi, gblending, ggdm, greedy, mmpareto,
+                             mslr, ogm_ge, pmr, udi)
 from iib_jax.methods.iibalance import DEFAULTS as IIB_DEFAULTS
 from iib_jax.models.encoders import ENCODERS
 from iib_jax.models import DTYPES
 
 DATASETS = ("kinetics_sounds", "crema_d", "ave", "synthetic")
+# Each baseline's options, as `config.methods.<name>` (the method module's DEFAULTS).
+BASELINE_DEFAULTS = {"mslr": mslr.DEFAULTS, "gblending": gblending.DEFAULTS,
+                     "ogm_ge": ogm_ge.DEFAULTS, "greedy": greedy.DEFAULTS, "pmr": pmr.DEFAULTS,
+                     "agm": agm.DEFAULTS, "mmpareto": mmpareto.DEFAULTS, "ggdm": ggdm.DEFAULTS,
+                     "udi": udi.DEFAULTS, "bmlmi": bmlmi.DEFAULTS}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -74,6 +80,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.methods.joint = ml_collections.ConfigDict({"unimodal_readout": "heads",
                                                     "fusion": "concat"})
   config.methods.unimodal = ml_collections.ConfigDict()
+  for name, defaults in BASELINE_DEFAULTS.items():
+    config.methods[name] = ml_collections.ConfigDict(dict(defaults))
   return config
 
 
@@ -85,8 +93,9 @@ def validate(config: ml_collections.ConfigDict, *, check_data: bool = True) -> N
   """Raises ValueError naming the key, the value and the accepted values."""
   methods = [config.method] + list(config.compare_with)
   for name in methods:
-    if name not in METHODS:
-      _fail("method", name, ", ".join(sorted(METHODS)))
+    if name not in METHODS or name == "unimodal":
+      _fail("method" if name == config.method else "compare_with", name,
+            ", ".join(sorted(set(METHODS) - {"unimodal"})))
   if config.data.name not in DATASETS:
     _fail("data.name", config.data.name, ", ".join(DATASETS))
   for modality in config.modalities:
@@ -134,9 +143,41 @@ def validate(config: ml_collections.ConfigDict, *, check_data: bool = True) -> N
   if iib.fusion_rule not in ("gated", "prior", "mean"):
     _fail("methods.iibalance.fusion_rule", iib.fusion_rule, "gated, prior, mean")
 
+  for name in methods:
+    _validate_method(config, name)
+
   if check_data and config.data.dir and not _is_prepared(config.data.dir):
     _fail("data.dir", config.data.dir, "a directory holding a prepared dataset "
           "(made by python -m data_prep.<dataset> --out_dir ...), or empty for the synthetic demo")
+
+
+def _validate_method(config: ml_collections.ConfigDict, name: str) -> None:
+  """Builds method `name` from its options (no arrays are made), so an option the method rejects
+  fails here, before the unimodal phase, and checks the options only the runner reads."""
+  options = config.methods.get(name)
+  options = {} if options is None else options.to_dict()
+  spec = MethodSpec(tuple(config.modalities), 2, 1, 1, 1, (0.0,) * len(config.modalities))
+  try:
+    METHODS[name](options, spec)
+  except ValueError as e:
+    where = "" if str(e).startswith(f"methods.{name}.") else f"methods.{name}: "
+    raise ValueError(f"invalid config: {where}{e}") from None
+  opts = {**BASELINE_DEFAULTS.get(name, {}), **options}
+  if name == "gblending":
+    for key in ("super_epoch", "probe_epochs"):
+      if not opts[key] >= 1:
+        _fail(f"methods.gblending.{key}", opts[key], "an integer ≥ 1")
+    if not 0 < opts["holdout_fraction"] < 1:
+      _fail("methods.gblending.holdout_fraction", opts["holdout_fraction"], "a fraction in (0, 1)")
+  if name == "pmr" and not 0 < opts["prototype_fraction"] <= 1:
+    _fail("methods.pmr.prototype_fraction", opts["prototype_fraction"], "a fraction in (0, 1]")
+  if name == "udi":
+    if opts["fusion_epochs"] < 0:
+      _fail("methods.udi.fusion_epochs", opts["fusion_epochs"], "an integer ≥ 0")
+    if opts["follower_init"] not in ("unimodal", "random"):
+      _fail("methods.udi.follower_init", opts["follower_init"], "unimodal, random")
+  if name == "bmlmi" and opts["distill_epochs"] < 0:
+    _fail("methods.bmlmi.distill_epochs", opts["distill_epochs"], "an integer ≥ 0")
 
 
 def _is_prepared(data_dir: str) -> bool:

@@ -294,4 +294,5 @@ def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
   return base.Method(
       name="bmlmi", init_state=init_state, loss=loss,
       compute_grads=distill_grads if opts["stage"] == "distill" else None,
-      model={"fusion": opts["fusion"], "detach_heads": False})
+      model={"fusion": opts["fusion"], "detach_heads": False},
+      needs_budgets=True)           # stage 0 is the runner's unimodal (IIB) phase

@@ -260,4 +260,5 @@ def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
       name="udi", init_state=init_state, loss=loss,
       compute_grads=fusion_grads if opts["stage"] == "fusion" else follower_grads,
       update_state=update_state, predict=predict,
-      model={"fusion": "concat", "detach_heads": False})
+      model={"fusion": "concat", "detach_heads": False},
+      needs_budgets=True)           # stage A is the runner's unimodal (IIB) phase

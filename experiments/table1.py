@@ -1,0 +1,292 @@
+"""Table I: Acc_m, each Acc_<modality> and Avg of every method on every dataset, over seeds.
+
+  python -m experiments.table1 --config.datasets=synthetic --config.methods=all --config.seeds=3
+  python -m experiments.table1 --config.datasets=crema_d --config.data_dirs.crema_d=/data/cd \
+      --config.methods=joint,ogm_ge,iibalance --config.optimizer=sgd
+
+Settings: experiments/configs/table1.py. Every run keeps its directory,
+`<root>/<dataset>/seed<s>/<method>/` (with its config.json, checkpoints and results.json), and
+each seed's unimodal phase is shared by the methods that need it (`<root>/<dataset>/seed<s>/iib`).
+A run whose results.json exists is not run again, so an interrupted command resumes where it
+stopped. Writes `<root>/table1.md` (best of a column in bold, second underlined), `table1.csv`,
+`table1.json` and, for every dataset with IIBalance, Fig. 3 (`<root>/<dataset>/fig3.png`: the IIB
+prior β beside the mean test fusion weights, averaged over seeds).
+"""
+from __future__ import annotations
+
+import ast
+import csv
+import importlib
+import json
+import os
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+config_flags.DEFINE_config_file("config", os.path.join(_HERE, "configs", "table1.py"),
+                                "Table I settings", lock_config=True)
+
+# Row order of the table: the baselines, the reconstructions, then IIBalance.
+ALL_METHODS = ("joint", "mslr", "gblending", "ogm_ge", "greedy", "pmr", "agm", "mmpareto", "ggdm",
+               "udi", "bmlmi", "iibalance")
+DISPLAY = {"joint": "Joint", "mslr": "MSLR", "gblending": "G-Blending", "ogm_ge": "OGM-GE",
+           "greedy": "Greedy*", "pmr": "PMR", "agm": "AGM", "mmpareto": "MMPareto",
+           "ggdm": "GGDM", "udi": "UDI†", "bmlmi": "BML-MI†", "iibalance": "IIBalance"}
+NOTES = ("\\* late-fusion proxy of Greedy's rule (no MMTM blocks); † reconstruction from the "
+         "paper's abstract and reviews, not a reproduction (docs/FIDELITY.md).")
+
+
+def _names(value, accepted: Sequence[str], key: str, all_value: Sequence[str] | None = None):
+  """A comma-separated string or a sequence of names, checked against `accepted`."""
+  given = value
+  if isinstance(value, str):
+    if all_value is not None and value.strip() == "all":
+      return tuple(all_value)
+    if value.strip().startswith(("(", "[")):         # a tuple written on the command line
+      value = ast.literal_eval(value)
+    else:
+      value = value.split(",")
+  names = tuple(v.strip() for v in value if v.strip())
+  bad = [n for n in names if n not in accepted]
+  if not names or bad:
+    raise ValueError(f"invalid config: {key}={given!r}; accepted: "
+                     + ("all, or " if all_value is not None else "")
+                     + "a comma-separated list of " + ", ".join(accepted))
+  return names
+
+
+def _parse_overrides(text: str) -> dict[str, Any]:
+  out = {}
+  for item in filter(None, (part.strip() for part in text.split(";"))):
+    if "=" not in item:
+      raise ValueError(f"invalid config: overrides item {item!r}; accepted: key=value")
+    key, value = (s.strip() for s in item.split("=", 1))
+    try:
+      out[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key] = value
+  return out
+
+
+def dataset_config(settings, dataset: str):
+  """The base config of one dataset: its config file with the preset, then the overrides."""
+  from experiments import run as runner, sweep
+  config = importlib.import_module(f"experiments.configs.{dataset}").get_config(settings.preset)
+  overrides = {}
+  for key, field in (("optim.epochs", "epochs"), ("iib.epochs", "iib_epochs"),
+                     ("optim.name", "optimizer"), ("optim.learning_rate", "learning_rate"),
+                     ("optim.batch_size", "batch_size")):
+    if settings[field]:
+      overrides[key] = settings[field]
+  overrides.update(_parse_overrides(settings.overrides))
+  overrides["compare_with"] = ()
+  config = sweep.override(config, overrides)
+  data_dir = settings.data_dirs.get(dataset, "")
+  if data_dir:
+    config.data.dir = data_dir
+  elif dataset == "synthetic":
+    config = runner._synthetic_demo(config)
+  else:
+    raise ValueError(f"invalid config: data_dirs.{dataset}=''; accepted: the directory of the "
+                     f"prepared dataset (python -m data_prep.{dataset} ... --out_dir ...)")
+  return config
+
+
+def unimodal_readout(config, method: str) -> str:
+  """Which logits a method's Acc_<modality> reads (METHODS.md §1.1: the conventions differ)."""
+  if method == "joint":
+    return "split fusion layer" if config.methods.joint.unimodal_readout == "split" else "heads"
+  if method == "gblending":
+    return "split fusion layer" if config.methods.gblending.unimodal == "split" else "heads"
+  if method == "mslr":
+    return "fusion-layer summands"
+  if method in ("ogm_ge", "pmr", "greedy"):
+    return "split fusion layer"
+  if method == "agm":
+    return "Shapley outputs"
+  return "heads"
+
+
+def _short_labels(modalities: Sequence[str]) -> list[str]:
+  """Acc_a, Acc_v, ... when the initials tell the modalities apart, else the full names."""
+  initials = [m[0] for m in modalities]
+  if len(set(initials)) == len(initials):
+    return [f"Acc_{i}" for i in initials]
+  return [f"Acc_{m}" for m in modalities]
+
+
+def _ranks(values: Sequence[float]) -> list[int]:
+  """0 for the best (largest) value, 1 for the second best distinct value, 2 otherwise."""
+  distinct = sorted({round(v, 6) for v in values}, reverse=True)
+  return [min(distinct.index(round(v, 6)), 2) for v in values]
+
+
+def _cell(mean: float, std: float, rank: int) -> str:
+  text = f"{mean:.2f} ± {std:.2f}"
+  return f"**{text}**" if rank == 0 else f"<u>{text}</u>" if rank == 1 else text
+
+
+def _keys(modalities):
+  return ["acc_fused"] + [f"acc_{m}" for m in modalities] + ["acc_avg"]
+
+
+def dataset_table(dataset: str, aggregates: Mapping[str, Mapping[str, tuple[float, float]]],
+                  modalities: Sequence[str], seeds: Mapping[str, int],
+                  readouts: Mapping[str, str], alone: Sequence[tuple[float, float]] | None) -> str:
+  """One dataset's block of Table I in markdown."""
+  keys = _keys(modalities)
+  head = ["Method", "Acc_m"] + _short_labels(modalities) + ["Avg", "seeds", "Acc_<m> from"]
+  lines = [f"### {dataset}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  names = list(aggregates)
+  ranks = {k: _ranks([aggregates[n][k][0] for n in names]) for k in keys}
+  for i, name in enumerate(names):
+    cells = [DISPLAY.get(name, name)]
+    cells += [_cell(*aggregates[name][k], ranks[k][i]) for k in keys]
+    cells += [str(seeds[name]), readouts[name]]
+    lines.append("| " + " | ".join(cells) + " |")
+  if alone is not None:
+    lines.append("| each modality alone (unimodal phase) | – | "
+                 + " | ".join(f"{m:.2f} ± {s:.2f}" for m, s in alone) + " | – | | heads |")
+  return "\n".join(lines) + "\n"
+
+
+def _unimodal_alone(dataset_root: str, seeds: Sequence[int], modalities: Sequence[str]):
+  """Test accuracy (%) of each modality trained alone, mean and std over seeds, if recorded."""
+  values = []
+  for seed in seeds:
+    path = os.path.join(dataset_root, f"seed{seed}", "iib", "budgets.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        unimodal = json.load(f)["unimodal"]
+      if all("test_acc" in unimodal[m] for m in modalities):
+        values.append([100 * unimodal[m]["test_acc"] for m in modalities])
+  if not values:
+    return None
+  values = np.asarray(values)
+  std = values.std(0, ddof=1) if len(values) > 1 else np.zeros(len(modalities))
+  return list(zip(values.mean(0).tolist(), std.tolist()))
+
+
+def figure3(runs: Sequence[Mapping[str, Any]], modalities: Sequence[str], path: str,
+            dataset: str) -> str | None:
+  """Fig. 3 from IIBalance's runs: β and the mean test fusion weights, averaged over seeds."""
+  from experiments import plots
+  runs = [r for r in runs if r.get("beta")]
+  if not runs:
+    return None
+  beta = np.mean([r["beta"] for r in runs], axis=0)
+  weights = np.mean([[r["test_best"][f"weight_{m}"] for m in modalities] for r in runs], axis=0)
+  return plots.prior_vs_weights(modalities, beta.tolist(), weights.tolist(), path,
+                                title=f"{dataset}: IIB prior and fusion weights "
+                                      f"({len(runs)} seed{'s' * (len(runs) > 1)})")
+
+
+def _write_run_configs(config, names: Sequence[str], seeds: Sequence[int], root: str) -> None:
+  """Each run directory's config.json (the sweep does not write one), for experiments.evaluate."""
+  from experiments import sweep
+  for seed in seeds:
+    for name in names:
+      workdir = os.path.join(root, f"seed{seed}", name)
+      path = os.path.join(workdir, "config.json")
+      if not os.path.exists(path):
+        os.makedirs(workdir, exist_ok=True)
+        run_config = sweep.override(config, {"method": name, "seed": seed, "workdir": workdir})
+        with open(path, "w") as f:
+          f.write(run_config.to_json_best_effort(indent=2))
+
+
+def run(settings) -> dict[str, Any]:
+  """Runs (or resumes) every method × dataset × seed and writes the table and figures."""
+  import jax
+  from experiments import report, sweep
+  from experiments.configs import common
+  from iib_jax.methods import METHODS
+  t0 = time.time()
+  datasets = _names(settings.datasets, common.DATASETS, "datasets")
+  names = _names(settings.methods, tuple(m for m in ALL_METHODS if m in METHODS), "methods",
+                 all_value=ALL_METHODS)
+  if not settings.seeds >= 1:
+    raise ValueError(f"invalid config: seeds={settings.seeds!r}; accepted: an integer ≥ 1")
+  seeds = list(range(settings.seeds))
+  root = settings.root
+  os.makedirs(root, exist_ok=True)
+  if settings.compilation_cache != "off":
+    cache = settings.compilation_cache or os.path.join(os.path.abspath(root), "jax_cache")
+    jax.config.update("jax_compilation_cache_dir", cache)
+  configs = {d: dataset_config(settings, d) for d in datasets}    # every config fails early
+  for dataset, config in configs.items():
+    for name in names:
+      common.validate(sweep.override(config, {"method": name}))
+
+  blocks, table_json, csv_rows, figures = [], {}, [], {}
+  for dataset, config in configs.items():
+    dataset_root = os.path.join(root, dataset)
+    modalities = tuple(config.modalities)
+    _write_run_configs(config, names, seeds, dataset_root)
+    results = sweep.run_variants(config, {n: {"method": n} for n in names}, seeds, dataset_root)
+    aggregates = {n: sweep.aggregate(results[n], modalities) for n in names}
+    readouts = {n: unimodal_readout(config, n) for n in names}
+    alone = _unimodal_alone(dataset_root, seeds, modalities)
+    blocks.append(dataset_table(dataset, aggregates, modalities,
+                                {n: len(results[n]) for n in names}, readouts, alone))
+    if "iibalance" in names:
+      png = figure3(results["iibalance"], modalities, os.path.join(dataset_root, "fig3.png"),
+                    dataset)
+      if png:
+        figures[dataset] = png
+    table_json[dataset] = {
+        "modalities": list(modalities),
+        "unimodal_alone": alone,
+        "methods": {n: {"aggregate": aggregates[n], "acc_unimodal_from": readouts[n],
+                        "runs": [{"seed": r["seed"], "dir": os.path.join(dataset_root,
+                                                                          f"seed{r['seed']}", n),
+                                  "best_epoch": r["best_epoch"], "test_best": r["test_best"],
+                                  "wall_s": r.get("wall_s")} for r in results[n]]}
+                    for n in names},
+    }
+    for n in names:
+      row = {"dataset": dataset, "method": n, "seeds": len(results[n])}
+      for key in _keys(modalities):
+        row[f"{key}_mean"], row[f"{key}_std"] = aggregates[n][key]
+      csv_rows.append(row)
+
+  seconds = time.time() - t0
+  text = ("## Table I: test accuracy (%) of the epoch chosen on validation, mean ± std over seeds"
+          "\n\nAcc_m: fused prediction; Acc_<m>: each modality's own prediction (the convention of "
+          "the last column); Avg: mean of the three. Best of a column in **bold**, second "
+          "<u>underlined</u>.\n\n" + "\n".join(blocks) + "\n" + NOTES + "\n\n"
+          + "".join(f"Fig. 3 ({d}): `{p}`.\n" for d, p in figures.items())
+          + ("\n" if figures else "") + report.footer("python -m experiments.table1", seconds))
+  with open(os.path.join(root, "table1.md"), "w") as f:
+    f.write(text)
+  with open(os.path.join(root, "table1.json"), "w") as f:
+    json.dump({"datasets": table_json, "seeds": seeds, "figures": figures,
+               "wall_s": seconds}, f, indent=2)
+  with open(os.path.join(root, "table1.csv"), "w", newline="") as f:
+    fields = list(dict.fromkeys(k for row in csv_rows for k in row))
+    writer = csv.DictWriter(f, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(csv_rows)
+  print(text, flush=True)
+  return table_json
+
+
+def main(_):
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)        # orbax logs every save at INFO
+  import sys
+  try:
+    run(flags.FLAGS.config)
+  except ValueError as e:
+    if str(e).startswith("invalid config"):
+      sys.exit(f"error: {e}")
+    raise
+
+
+if __name__ == "__main__":
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  app.run(main)

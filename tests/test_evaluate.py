@@ -1,0 +1,127 @@
+"""The evaluation command on trained smoke run directories (IIBalance and, as a compare run, AGM),
+and its corruptions and linear probe against values worked out by hand."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def command_env(cache):
+  return {**os.environ, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "",
+          "TF_CPP_MIN_LOG_LEVEL": "3",
+          # Threefry's unrolled hash makes every parameter initialisation compile about three
+          # times slower on CPU; the evaluation does not depend on the generator.
+          "JAX_DEFAULT_PRNG_IMPL": "rbg",
+          # These runs are compile-bound: unoptimised machine code halves every compile.
+          "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0",
+          # Compiled steps shared with the other runner processes of this test session.
+          "JAX_COMPILATION_CACHE_DIR": str(cache)}
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+  from data_prep import synthetic
+  base = tmp_path_factory.getbasetemp()
+  data_dir = synthetic.ensure_synthetic(str(base / "synthetic_tiny"), num_classes=3,
+                                        clips_per_class=8, duration=1.0, fps=4, size=32,
+                                        workers=1)
+  work = tmp_path_factory.mktemp("evaluate")
+  run, out = work / "run", work / "combined"
+  env = command_env(base / "jax_cache")
+  trained = subprocess.run(
+      [sys.executable, "-m", "experiments.synthetic",
+       "--config=experiments/configs/synthetic.py:smoke", f"--config.data.dir={data_dir}",
+       f"--workdir={run}", "--config.method=iibalance", "--config.compare_with=('agm',)",
+       "--config.optim.epochs=1", "--config.iib.epochs=1"],
+      cwd=ROOT, env=env, capture_output=True, text=True)
+  assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-5000:]
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.evaluate", f"--workdir={run}",
+       f"--workdir={run / 'compare' / 'agm'}", f"--out={out}", "--noise_levels=0,1,4",
+       "--occlusion_levels=0,0.5,1", "--probe_steps=100"],
+      cwd=ROOT, env=env, capture_output=True, text=True)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+  return run, out, result.stdout
+
+
+def test_each_run_gets_its_evaluation(evaluated):
+  run, _, _ = evaluated
+  for workdir, method in ((run, "iibalance"), (run / "compare" / "agm", "agm")):
+    record = json.load(open(workdir / "evaluation.json"))
+    assert record["method"] == method
+    results = json.load(open(workdir / "results.json"))
+    # The restored best checkpoint reproduces the run's own test numbers.
+    for key in ("acc_fused", "acc_audio", "acc_video"):
+      assert record["clean"][key] == pytest.approx(results["test_best"][key]), (method, key)
+    for m in ("audio", "video"):
+      probe = record["linear_probe"][m]
+      assert 0 <= probe["probe_test_acc"] <= 1 and 0 <= probe["probe_train_acc"] <= 1
+      assert set(record["missing"][m]) >= {"acc_fused", "num_examples"}
+    assert set(record["curves"]) == {"noise:audio", "noise:video", "occlusion:video"}
+    assert record["curves"]["occlusion:video"]["levels"] == [0.0, 0.5, 1.0]
+    assert "## Linear probes" in (workdir / "evaluation.md").read_text()
+  iib = json.load(open(run / "evaluation.json"))
+  assert iib["readout"] == "heads"
+  # The gated fusion's weights are reported at every level; AGM has none.
+  for summary in iib["curves"]["noise:audio"]["summaries"]:
+    assert summary["weight_audio"] + summary["weight_video"] == pytest.approx(1.0, abs=1e-5)
+  agm = json.load(open(run / "compare" / "agm" / "evaluation.json"))
+  assert agm["readout"] == "Shapley outputs"
+  assert "weight_audio" not in agm["clean"]
+
+
+def test_several_runs_share_one_figure_and_table(evaluated):
+  _, out, stdout = evaluated
+  record = json.load(open(out / "evaluation.json"))
+  assert [r["method"] for r in record["runs"]] == ["iibalance", "agm"]
+  for name in ("robustness.png", "probes.png"):
+    assert (out / name).stat().st_size > 0, name
+  text = (out / "evaluation.md").read_text()
+  assert "| iibalance |" in text and "| agm |" in text and "without video" in text
+  assert "Command: `python -m experiments.evaluate" in stdout
+
+
+def test_corruptions_remove_noise_and_occlude_as_specified():
+  import jax
+  import jax.numpy as jnp
+  rng = np.random.default_rng(0)
+  batch = {"audio": jnp.asarray(rng.normal(size=(2, 6, 4)), jnp.float32),
+           "video": jnp.asarray(rng.normal(size=(2, 3, 8, 8, 3)) + 5.0, jnp.float32)}
+  modalities, kinds = ("audio", "video"), {"audio": "audio", "video": "video"}
+  key = jax.random.key(0)
+  ones, zeros, scale = jnp.ones(2), jnp.zeros(2), jnp.ones(2)
+
+  def run(keep=ones, noise=zeros, occlusion=zeros):
+    return jax.device_get(evaluate.corrupt(batch, modalities, kinds, keep, noise, occlusion,
+                                           scale, key))
+
+  clean = run()
+  for m in modalities:
+    np.testing.assert_array_equal(clean[m], np.asarray(batch[m]))
+  removed = run(keep=jnp.array([0.0, 1.0]))
+  assert not removed["audio"].any()
+  np.testing.assert_array_equal(removed["video"], np.asarray(batch["video"]))
+  noisy = run(noise=jnp.array([2.0, 0.0]))
+  assert abs(np.std(noisy["audio"] - np.asarray(batch["audio"])) - 2.0) < 0.6
+  np.testing.assert_array_equal(noisy["video"], np.asarray(batch["video"]))
+  # Side 0.5 of an 8-pixel frame: a 4×4 square per clip, the same in every frame and channel.
+  occluded = run(occlusion=jnp.array([0.0, 0.5]))["video"]
+  zeroed = occluded == 0
+  assert zeroed.sum() == 2 * 3 * 16 * 3
+  np.testing.assert_array_equal(zeroed[:, 0], zeroed[:, 2])
+  assert not run(occlusion=jnp.array([0.0, 1.0]))["video"].any()
+
+
+def test_linear_probe_separates_separable_features():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 3, 60)
+  z = rng.normal(0, 0.3, (60, 5)) + np.eye(3, 5)[labels] * 3
+  probe = evaluate.linear_probe(z[:40], labels[:40], z[40:], labels[40:], 3, steps=200)
+  assert probe["train_acc"] == 1.0 and probe["test_acc"] == 1.0

@@ -1,0 +1,205 @@
+"""Per-method phases through the runner on a tiny prepared dataset: MSLR's factors, PMR's prototype
+passes, G-Blending's holdout and estimates, AGM's Shapley evaluation, and the stages of UDI and
+BML-MI. One runner process trains them all (the unimodal phase and the compiles are shared)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import phases
+from experiments.configs import common, synthetic as synthetic_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPARED = ("pmr", "gblending", "udi", "bmlmi")
+
+
+def command_env(cache):
+  return {**os.environ, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "",
+          "JAX_NUM_CPU_DEVICES": "4", "TF_CPP_MIN_LOG_LEVEL": "3",
+          # Threefry's unrolled hash makes every parameter initialisation compile about three
+          # times slower on CPU; the phases do not depend on the generator.
+          "JAX_DEFAULT_PRNG_IMPL": "rbg",
+          # These runs are compile-bound: unoptimised machine code halves every compile.
+          "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0",
+          # Compiled steps shared with the other runner processes of this test session.
+          "JAX_COMPILATION_CACHE_DIR": str(cache)}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  from data_prep import synthetic
+  return synthetic.ensure_synthetic(str(tmp_path_factory.getbasetemp() / "synthetic_tiny"),
+                                    num_classes=3, clips_per_class=8, duration=1.0, fps=4,
+                                    size=32, workers=1)
+
+
+@pytest.fixture(scope="module")
+def workdir(data_dir, tmp_path_factory):
+  work = tmp_path_factory.mktemp("phases") / "run"
+  command = [
+      sys.executable, "-m", "experiments.synthetic",
+      "--config=experiments/configs/synthetic.py:smoke", f"--config.data.dir={data_dir}",
+      f"--workdir={work}", "--config.method=mslr", f"--config.compare_with={COMPARED}",
+      "--config.optim.epochs=2", "--config.iib.epochs=1",
+      "--config.methods.gblending.super_epoch=1",
+      "--config.methods.udi.fusion_epochs=1", "--config.methods.bmlmi.distill_epochs=1",
+      # Without probe steps Î(z_s; y) = H(y) − log C = 0 on the balanced validation split, while
+      # the trained InfoNCE bound is positive: the student distils, so stage 1 runs.
+      "--config.methods.bmlmi.probe_steps=0"]
+  out = subprocess.run(command, cwd=ROOT, env=command_env(tmp_path_factory.getbasetemp() /
+                                                          "jax_cache"),
+                       capture_output=True, text=True)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+  return work, out.stdout
+
+
+def _records(path):
+  return [json.loads(line) for line in open(path) if line.strip()]
+
+
+def _equal(a, b):
+  import jax
+  return all(np.array_equal(np.asarray(x), np.asarray(y))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_every_method_writes_results(workdir):
+  work, stdout = workdir
+  for name, path in [("mslr", work)] + [(n, work / "compare" / n) for n in COMPARED]:
+    result = json.load(open(path / "results.json"))
+    assert result["method"] == name
+    assert result["test_best"]["num_examples"] == 6, name
+    assert os.listdir(path / "checkpoints" / "best"), name
+  table = (work / "results.md").read_text()
+  for name in ("mslr",) + COMPARED:
+    assert f"| {name} |" in table
+
+
+def test_mslr_factors_follow_validation_accuracy(workdir):
+  work, _ = workdir
+  state = phases.restore_arrays(str(work), "latest")["method"]
+  val = [r for r in _records(work / "metrics.jsonl")
+         if r["phase"] == "multimodal" and r["split"] == "val"]
+  # Two epochs in a memory of five: accuracies recorded in order, factors still c⁰.
+  assert int(state["filled"]) == 2
+  np.testing.assert_allclose(state["memory"][:, :2],
+                             [[r["acc_audio"] for r in val], [r["acc_video"] for r in val]],
+                             rtol=1e-6)
+  np.testing.assert_allclose(state["factors"], [0.9, 1.1], rtol=1e-6)
+
+
+def test_pmr_computes_prototypes_before_training_and_after_each_epoch(workdir):
+  work, _ = workdir
+  state = phases.restore_arrays(str(work / "compare" / "pmr"), "latest")["method"]
+  assert int(state["passes"]) == 3
+  assert np.asarray(state["valid"]).all()
+
+
+def test_gblending_estimates_online_on_its_holdout(workdir):
+  work, stdout = workdir
+  assert "[gblending] holdout V′: 3 training clips" in stdout
+  assert "weights from epoch 0" in stdout and "weights from epoch 1" in stdout
+  weights = np.asarray(phases.restore_arrays(str(work / "compare" / "gblending"),
+                                             "latest")["method"]["weights"])
+  assert weights.shape == (3,) and abs(weights.sum() - 1) < 1e-5
+  assert not np.allclose(weights, 1 / 3)                  # the placeholder was replaced
+
+
+def test_udi_stages_freeze_the_anchor_then_the_encoders(workdir):
+  work, stdout = workdir
+  udi_dir = work / "compare" / "udi"
+  result = json.load(open(udi_dir / "results.json"))
+  anchor = result["stages"]["anchor"]
+  assert json.load(open(udi_dir / "stages" / "udi.json"))["anchor"] == anchor
+  follower_name = "video" if anchor == "audio" else "audio"
+  unimodal = phases.restore_arrays(str(work / "iib"))
+  follower = phases.restore_arrays(str(udi_dir / "stages" / "follower"))
+  final = phases.restore_arrays(str(udi_dir))
+  # Stage B: the anchor (parameters and BatchNorm statistics) is the unimodal phase's.
+  assert _equal(follower["params"][anchor], unimodal["params"][anchor])
+  assert _equal(follower["batch_stats"][anchor], unimodal["batch_stats"][anchor])
+  assert not _equal(follower["params"][follower_name], unimodal["params"][follower_name])
+  # Stage C: only the fused head moves.
+  for m in ("audio", "video"):
+    assert _equal(final["params"][m], follower["params"][m]), m
+    assert _equal(final["batch_stats"][m], follower["batch_stats"][m]), m
+  assert not _equal(final["params"]["fusion"], follower["params"]["fusion"])
+  assert int(final["method"]["anchor"]) == ("audio", "video").index(anchor)
+
+
+def test_bmlmi_distils_then_trains_with_calibrated_weights(workdir):
+  work, stdout = workdir
+  bml_dir = work / "compare" / "bmlmi"
+  decision = json.load(open(bml_dir / "stages" / "bmlmi.json"))
+  teacher = decision["teacher"]
+  student = "video" if teacher == "audio" else "audio"
+  assert decision["distill"] == {teacher: False, student: True}
+  unimodal = phases.restore_arrays(str(work / "iib"))
+  distilled = phases.restore_arrays(str(bml_dir / "stages" / "distill"), "latest")
+  assert _equal(distilled["params"][teacher], unimodal["params"][teacher])
+  assert not _equal(distilled["params"][student], unimodal["params"][student])
+  final = phases.restore_arrays(str(bml_dir), "latest")
+  weights = np.asarray(final["method"]["weights"])
+  np.testing.assert_allclose(weights.sum(), 2.0, rtol=1e-5)        # Σ w_m = M
+  assert int(final["method"]["teacher"]) == ("audio", "video").index(teacher)
+  assert "[bmlmi] loss weights after epoch 1" in stdout
+  assert json.load(open(bml_dir / "results.json"))["stages"]["teacher"] == teacher
+
+
+def test_subset_batches_keep_every_selected_clip_once():
+  ids = np.array([f"c{i}".encode() for i in range(10)], object)
+  batches = [{"clip_id": ids[i:i + 4], "label": np.arange(i, i + 4)[:len(ids[i:i + 4])],
+              "mask": np.ones(len(ids[i:i + 4]), np.float32)} for i in range(0, 10, 4)]
+  keep = lambda i: int(i[1:]) % 3 != 0                                  # 6 of 10 clips
+  train = list(phases.subset_batches(batches, keep, 4, pad=False))
+  assert [len(b["label"]) for b in train] == [4]                       # the last 2 dropped
+  evaluation = list(phases.subset_batches(batches, keep, 4, pad=True))
+  labels = np.concatenate([b["label"][b["mask"] > 0] for b in evaluation])
+  assert labels.tolist() == [1, 2, 4, 5, 7, 8]
+  assert [len(b["label"]) for b in evaluation] == [4, 4]
+
+
+def test_holdout_is_stratified_and_deterministic(data_dir):
+  held = phases.holdout_ids(data_dir, 0.1, seed=0)
+  assert len(held) == 3                                  # one clip of each of the 3 classes
+  assert phases.holdout_ids(data_dir, 0.1, seed=0) == held
+  assert phases.holdout_ids(data_dir, 0.5, seed=1) != held
+
+
+def test_ogm_ge_noise_follows_the_seed():
+  config = synthetic_config.get_config("smoke")
+  config.seed = 3
+  assert phases.method_options(config, "ogm_ge")["noise_seed"] == 3
+  config.methods.ogm_ge.noise_seed = 10
+  assert phases.method_options(config, "ogm_ge")["noise_seed"] == 13
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("methods.mslr.strategy", "sometimes", "methods.mslr.strategy"),
+    ("methods.mslr.initial_factors", (1.0,), "methods.mslr.initial_factors"),
+    ("methods.gblending.holdout_fraction", 1.5, "methods.gblending.holdout_fraction"),
+    ("methods.gblending.mode", "never", "methods.gblending.mode"),
+    ("methods.udi.follower_init", "copy", "methods.udi.follower_init"),
+    ("methods.bmlmi.distill_epochs", -1, "methods.bmlmi.distill_epochs"),
+    ("method", "unimodal", "method='unimodal'"),
+])
+def test_invalid_method_options_fail_in_validate(key, value, message):
+  config = synthetic_config.get_config("smoke")
+  config.method = key.split(".")[1] if key.startswith("methods.") else config.method
+  node = config
+  *path, last = key.split(".")
+  for p in path:
+    node = node[p]
+  node[last] = value
+  with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+    common.validate(config, check_data=False)
+
+
+def test_every_method_has_its_options_in_the_base_config():
+  from iib_jax.methods import METHODS
+  config = common.base_config()
+  for name in METHODS:
+    assert name in config.methods, name

@@ -1,0 +1,114 @@
+"""The Table I command on a tiny prepared dataset: the table in three formats, Fig. 3, the run
+directories, and a second invocation that trains nothing."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import table1
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def command_env():
+  return {**os.environ, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "",
+          "TF_CPP_MIN_LOG_LEVEL": "3",
+          # Threefry's unrolled hash makes every parameter initialisation compile about three
+          # times slower on CPU; the table does not depend on the generator.
+          "JAX_DEFAULT_PRNG_IMPL": "rbg",
+          # These runs are compile-bound: unoptimised machine code halves every compile.
+          "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  from data_prep import synthetic
+  return synthetic.ensure_synthetic(str(tmp_path_factory.getbasetemp() / "synthetic_tiny"),
+                                    num_classes=3, clips_per_class=8, duration=1.0, fps=4,
+                                    size=32, workers=1)
+
+
+@pytest.fixture(scope="module")
+def table(data_dir, tmp_path_factory):
+  root = tmp_path_factory.mktemp("table1")
+  command = [sys.executable, "-m", "experiments.table1",
+             "--config=experiments/configs/table1.py:smoke", "--config.methods=iibalance,ogm_ge",
+             "--config.seeds=1", f"--config.root={root}",
+             f"--config.data_dirs.synthetic={data_dir}", "--config.epochs=1",
+             "--config.iib_epochs=1",
+             # Shared with the other runner processes of this test session.
+             f"--config.compilation_cache={tmp_path_factory.getbasetemp() / 'jax_cache'}"]
+  first = subprocess.run(command, cwd=ROOT, env=command_env(), capture_output=True, text=True)
+  assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
+  return root, first.stdout, data_dir
+
+
+def test_table_is_written_as_markdown_csv_and_json(table):
+  root, _, _ = table
+  text = (root / "table1.md").read_text()
+  assert "### synthetic" in text and "| IIBalance |" in text and "| OGM-GE |" in text
+  assert "**" in text and "<u>" in text                 # best and second best marked
+  assert "| Method | Acc_m | Acc_a | Acc_v | Avg |" in text
+  assert "each modality alone" in text and "Command: `python -m experiments.table1" in text
+  rows = list(csv.DictReader(open(root / "table1.csv")))
+  assert [r["method"] for r in rows] == ["iibalance", "ogm_ge"]
+  assert {"acc_fused_mean", "acc_audio_std", "acc_avg_mean"} <= set(rows[0])
+  record = json.load(open(root / "table1.json"))
+  runs = record["datasets"]["synthetic"]["methods"]["iibalance"]["runs"]
+  assert len(runs) == 1 and runs[0]["test_best"]["num_examples"] == 6
+  assert record["datasets"]["synthetic"]["methods"]["ogm_ge"]["acc_unimodal_from"] == \
+      "split fusion layer"
+
+
+def test_figure3_and_every_run_directory_are_kept(table):
+  root, _, _ = table
+  assert (root / "synthetic" / "fig3.png").stat().st_size > 0
+  for name in ("iibalance", "ogm_ge"):
+    run = root / "synthetic" / "seed0" / name
+    for item in ("config.json", "results.json", "metrics.jsonl"):
+      assert (run / item).exists(), (name, item)
+    assert json.load(open(run / "config.json"))["method"] == name
+  assert (root / "synthetic" / "seed0" / "iib" / "budgets.json").exists()
+
+
+def test_second_invocation_trains_nothing(table, capsys):
+  from experiments.configs import table1 as table1_config
+  root, first, data_dir = table
+  assert "== iibalance, seed 0" in first and "== ogm_ge, seed 0" in first
+  settings = table1_config.get_config("smoke")
+  settings.methods, settings.seeds, settings.root = "iibalance,ogm_ge", 1, str(root)
+  settings.data_dirs.synthetic, settings.epochs, settings.iib_epochs = data_dir, 1, 1
+  settings.compilation_cache = "off"
+  before = (root / "synthetic" / "seed0" / "iibalance" / "results.json").stat().st_mtime
+  table1.run(settings)
+  again = capsys.readouterr().out
+  assert "== " not in again and "IIB phase" not in again
+  assert "| IIBalance |" in again
+  assert (root / "synthetic" / "seed0" / "iibalance" / "results.json").stat().st_mtime == before
+
+
+def test_columns_mark_best_in_bold_and_second_underlined():
+  assert table1._ranks([50.0, 70.0, 60.0, 70.0]) == [2, 0, 1, 0]
+  aggregates = {"joint": {"acc_fused": (60.0, 1.0), "acc_audio": (40.0, 0.5),
+                          "acc_video": (30.0, 0.0), "acc_avg": (43.3, 0.4)},
+                "iibalance": {"acc_fused": (70.0, 2.0), "acc_audio": (35.0, 0.5),
+                              "acc_video": (30.0, 0.0), "acc_avg": (45.0, 0.4)}}
+  text = table1.dataset_table("toy", aggregates, ("audio", "video"),
+                              {"joint": 3, "iibalance": 3},
+                              {"joint": "heads", "iibalance": "heads"}, None)
+  assert "| IIBalance | **70.00 ± 2.00** | <u>35.00 ± 0.50</u> | **30.00 ± 0.00** |" in text
+  assert "| Joint | <u>60.00 ± 1.00</u> | **40.00 ± 0.50** |" in text
+
+
+def test_method_and_dataset_lists_are_checked():
+  assert table1._names("all", ("joint",), "methods", all_value=table1.ALL_METHODS) == \
+      table1.ALL_METHODS
+  assert table1._names("joint, udi", ("joint", "udi"), "methods") == ("joint", "udi")
+  assert table1._names("('joint', 'udi')", ("joint", "udi"), "methods") == ("joint", "udi")
+  assert table1._names(("udi",), ("joint", "udi"), "methods") == ("udi",)
+  with pytest.raises(ValueError, match="invalid config: methods='joint,nope'"):
+    table1._names("joint,nope", ("joint",), "methods")
+  assert set(table1.ALL_METHODS) == set(table1.DISPLAY)
