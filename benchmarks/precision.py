@@ -15,7 +15,7 @@ Acc_m (bf16 − float32, same seed, same data order) lies within two standard er
 
 The default epochs are the synthetic config's (15 for the unimodal phase, 15 for training, both
 with early stopping on validation); `--epochs` and `--iib_epochs` shorten the run. BENCHMARKS.md
-gives the wall time measured on a 2-core CPU, where bfloat16 is emulated.
+gives the wall time measured on a 2-core CPU.
 """
 from __future__ import annotations
 
