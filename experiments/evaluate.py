@@ -31,16 +31,19 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from absl import app, flags
 
-flags.DEFINE_multi_string("workdir", None, "a trained run directory (repeatable)")
-flags.DEFINE_string("out", None, "where the combined files of several runs go (required then)")
-flags.DEFINE_string("data_dir", None, "the prepared dataset, if not the one in config.json")
-flags.DEFINE_list("noise_levels", ["0", "0.5", "1", "2", "4"],
-                  "Gaussian noise std, in units of the modality's clean input std")
-flags.DEFINE_list("occlusion_levels", ["0", "0.25", "0.5", "0.75", "1"],
-                  "side of the zeroed square, as a fraction of the frame side")
-flags.DEFINE_integer("probe_steps", 500, "full-batch Adam steps of each linear probe")
-flags.DEFINE_float("probe_l2", 1e-4, "L2 penalty of the linear probes")
-flags.DEFINE_integer("seed", 0, "seed of the corruption noise and occlusion positions")
+
+def _define_flags() -> None:
+  # Defined when run as a command, not on import: the functions below are also a library.
+  flags.DEFINE_multi_string("workdir", None, "a trained run directory (repeatable)")
+  flags.DEFINE_string("out", None, "where the combined files of several runs go (required then)")
+  flags.DEFINE_string("data_dir", None, "the prepared dataset, if not the one in config.json")
+  flags.DEFINE_list("noise_levels", ["0", "0.5", "1", "2", "4"],
+                    "Gaussian noise std, in units of the modality's clean input std")
+  flags.DEFINE_list("occlusion_levels", ["0", "0.25", "0.5", "0.75", "1"],
+                    "side of the zeroed square, as a fraction of the frame side")
+  flags.DEFINE_integer("probe_steps", 500, "full-batch Adam steps of each linear probe")
+  flags.DEFINE_float("probe_l2", 1e-4, "L2 penalty of the linear probes")
+  flags.DEFINE_integer("seed", 0, "seed of the corruption noise and occlusion positions")
 
 
 def _nearest_config(workdir: str) -> str:
@@ -61,6 +64,7 @@ class Run:
     import ml_collections
     from experiments import phases, run as runner
     from iib_jax import methods, state as state_lib, train
+    from iib_jax.models.encoders import ENCODER_INPUT
     self.workdir = workdir
     with open(_nearest_config(workdir)) as f:
       config = ml_collections.ConfigDict(json.load(f))
@@ -104,9 +108,7 @@ class Run:
     self.eval_step = (make_eval(self.model, self.method) if make_eval else train.make_eval_step(
         self.model, self.method, state_sharding=devices.replicated, batch_sharding=devices.batch))
     self.outputs_step = methods.base.make_outputs_step(self.model, self.method)
-    from iib_jax.models.encoders import ENCODER_INPUT
     self.kinds = {m: ENCODER_INPUT[config.model.encoders[m]] for m in self.modalities}
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -483,4 +485,5 @@ def main(argv):
 
 if __name__ == "__main__":
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  _define_flags()
   app.run(main)

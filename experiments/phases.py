@@ -161,9 +161,11 @@ def restore_arrays(workdir: str, which: str = "best", sharding=None) -> dict[str
     "opt_state" too).
   """
   import orbax.checkpoint as ocp
-  ckpt = checkpoint.Checkpointer(workdir)
-  step = ckpt.epoch(which)
-  ckpt.close()
+  step = None
+  if os.path.isdir(os.path.join(workdir, "checkpoints", which)):   # never create it here
+    ckpt = checkpoint.Checkpointer(workdir)
+    step = ckpt.epoch(which)
+    ckpt.close()
   if step is None:
     raise FileNotFoundError(f"no '{which}' checkpoint in {os.path.join(workdir, 'checkpoints')}")
   path = os.path.abspath(os.path.join(workdir, "checkpoints", which, str(step), "state"))
@@ -211,7 +213,7 @@ def load_branches(state, data, workdir: str, groups: Sequence[str], which: str =
   return state.replace(params=params, batch_stats=stats)
 
 
-def find_unimodal_dir(workdir: str, budgets: Mapping[str, Any] | None = None) -> str:
+def find_unimodal_dir(workdir: str) -> str:
   """The directory whose `iib/` holds the unimodal phase a run used.
 
   The phase lives in the run's workdir (`python -m experiments.<dataset>`), its parent (a sweep's
@@ -220,12 +222,8 @@ def find_unimodal_dir(workdir: str, budgets: Mapping[str, Any] | None = None) ->
   """
   directory = os.path.abspath(workdir)
   for _ in range(5):
-    path = os.path.join(directory, "iib", "budgets.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        record = json.load(f)
-      if budgets is None or np.allclose(record["budgets"], budgets["budgets"]):
-        return directory
+    if os.path.exists(os.path.join(directory, "iib", "budgets.json")):
+      return directory
     directory = os.path.dirname(directory)
   raise FileNotFoundError(f"no unimodal phase (iib/budgets.json) in {workdir} or its parents")
 
