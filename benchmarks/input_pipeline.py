@@ -11,7 +11,10 @@ clip's audio as a 257-bin STFT log-magnitude spectrogram (OGM-GE's CREMA-D front
 * tfdata (`iib_jax.data.make_tf_dataset`, train mode): reads the prepared TFRecords, in which
   the frames are stored as JPEGs and the spectrogram was computed once by data_prep; per clip it
   parses the record, samples 3 frames, decodes them, crops, flips and normalises, and crops the
-  stored spectrogram.
+  stored spectrogram. Training decodes only each frame's crop box (and a 2-pixel margin).
+* tfdata_uint8: the same with `frames_dtype="uint8"`: the frames leave the pipeline as uint8
+  after the crop and the model normalises them on the device (`iib_jax.models`), so the host
+  does no float32 normalisation and moves a quarter of the bytes.
 * per_item (what `Dataset.__getitem__` of OGM-GE/PMR/AGM does, emulated with numpy, PIL and
   librosa, no torch): per clip it opens 3 JPEG files with PIL, applies torchvision's
   RandomResizedCrop + RandomHorizontalFlip + ToTensor + Normalize, loads the wav with
@@ -62,7 +65,9 @@ SIZES = {
 NUM_FRAMES = 3
 SAMPLE_RATE = 22050            # OGM-GE's librosa.load rate
 WAV_RATES = (22050, 16000)     # stored wav rates: no resampling, and resampling per read
-LOADERS = {"tfdata": None, "per_item": 22050, "per_item_resample": 16000}
+# tf.data loaders -> the frames dtype they ship; per-item loaders -> their stored wav rate.
+TFDATA = {"tfdata": "float32", "tfdata_uint8": "uint8"}
+LOADERS = {**TFDATA, "per_item": 22050, "per_item_resample": 16000}
 STFT = dict(n_fft=512, hop_length=353)
 SECONDS = 3.0
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -229,7 +234,8 @@ def _pin(cores: int) -> list[int]:
   return []
 
 
-def tfdata_batches(data_dir: str, image_size: int, batch_size: int, cores: int):
+def tfdata_batches(data_dir: str, image_size: int, batch_size: int, cores: int,
+                   frames_dtype: str = "float32"):
   import tensorflow as tf
 
   from iib_jax import data
@@ -237,7 +243,7 @@ def tfdata_batches(data_dir: str, image_size: int, batch_size: int, cores: int):
   ds = data.make_tf_dataset(data_dir, "train", batch_size=batch_size, train=True,
                             num_frames=NUM_FRAMES, image_size=image_size,
                             modalities={"audio": "audio", "video": "video"},
-                            process_index=0, process_count=1)
+                            frames_dtype=frames_dtype, process_index=0, process_count=1)
   options = tf.data.Options()
   options.threading.private_threadpool_size = cores
   options.threading.max_intra_op_parallelism = 1
@@ -249,16 +255,17 @@ def measure_child(loader: str, cores: int, paths: dict, image_size: int, batch_s
                   batches: int) -> dict[str, Any]:
   """Runs in the pinned child: one warmup batch, then `batches` timed batches."""
   pinned = _pin(cores)
-  if loader == "tfdata":
+  if loader in TFDATA:
     import tensorflow as tf
 
     tf.config.threading.set_inter_op_parallelism_threads(cores)
     tf.config.threading.set_intra_op_parallelism_threads(1)
-    it = tfdata_batches(paths["data_dir"], image_size, batch_size, cores)
+    it = tfdata_batches(paths["data_dir"], image_size, batch_size, cores, TFDATA[loader])
   else:
     it = per_item_batches(paths["item_dir"], image_size, batch_size, LOADERS[loader])
   first = next(it)
   shapes = {k: list(v.shape) for k, v in first.items() if hasattr(v, "shape")}
+  dtypes = {k: str(v.dtype) for k, v in first.items() if hasattr(v, "dtype")}
   start = time.perf_counter()
   clips = 0
   for _ in range(batches):
@@ -268,7 +275,7 @@ def measure_child(loader: str, cores: int, paths: dict, image_size: int, batch_s
   return {"loader": loader, "cores": cores, "pinned_cpus": pinned, "clips": clips,
           "seconds": seconds, "clips_per_s": clips / seconds,
           "clips_per_s_per_core": clips / seconds / cores,
-          "ms_per_batch": 1e3 * seconds / batches, "batch_shapes": shapes,
+          "ms_per_batch": 1e3 * seconds / batches, "batch_shapes": shapes, "batch_dtypes": dtypes,
           "load_avg": load, "load_1min": load[0] if load else None}
 
 
@@ -351,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   print(f"dataset ready in {time.perf_counter() - start:.0f} s: {paths['data_dir']}", flush=True)
   rows = []
   for loader in args.loaders:
-    for cores in (args.cores if loader == "tfdata" else [1]):
+    for cores in (args.cores if loader in TFDATA else [1]):
       print(f"  {loader} on {cores} core(s) ...", flush=True)
       row = run_child(loader, cores, paths, args.image_size, args.batch_size, args.batches)
       if "error" in row:
@@ -359,12 +366,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       rows.append(row)
   needed = cores_needed(rows, args.step_rate)
   per_core = {n["loader"]: n["clips_per_s_per_core"] for n in needed}
-  ratios = {name: per_core["tfdata"] / per_core[name] for name in per_core
-            if name != "tfdata" and "tfdata" in per_core}
-  ratio = ratios.get("per_item")
+  # {tf.data loader: {per-item loader: ratio of clips/s per core}}
+  ratios = {fast: {name: per_core[fast] / per_core[name] for name in per_core
+                   if name not in TFDATA}
+            for fast in TFDATA if fast in per_core}
   record = {"benchmark": "input_pipeline", "environment": env, "args": vars(args),
             "paths": paths, "results": rows, "cores_needed": needed,
-            "tfdata_vs_per_item_per_core": ratio, "tfdata_per_core_ratios": ratios,
+            "tfdata_vs_per_item_per_core": ratios.get("tfdata", {}).get("per_item"),
+            "tfdata_uint8_vs_per_item_per_core": ratios.get("tfdata_uint8", {}).get("per_item"),
+            "tfdata_per_core_ratios": ratios,
             "step_rate_source": ("the issue's anchor (2,373 samples/s at batch 32, bfloat16), "
                                  "not measured here" if args.step_rate == common.ANCHOR_STEP_RATE
                                  else "given on the command line")}
@@ -372,8 +382,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   print()
   print(common.table([r for r in rows if "error" not in r], COLUMNS))
   print()
-  for name, value in ratios.items():
-    print(f"tf.data / {name}, clips/s per core: {value:.2f}× (target ≥ 3×)")
+  for fast, against in ratios.items():
+    for name, value in against.items():
+      print(f"{fast} / {name}, clips/s per core: {value:.2f}× (target ≥ 3×)")
   for n in needed:
     print(f"{n['loader']}: {n['cores_needed']:.1f} cores for {args.step_rate:g} samples/s "
           f"({record['step_rate_source']}); 16 cores suffice: {n['sustains_with_16_cores']}")

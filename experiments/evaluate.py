@@ -188,9 +188,12 @@ def corrupt(batch, modalities: Sequence[str], kinds: Mapping[str, str], keep, no
   """
   import jax
   import jax.numpy as jnp
+  from iib_jax.models.multimodal import normalize_frames
   out = dict(batch)
   for i, m in enumerate(modalities):
     x = batch[m]
+    if x.dtype == jnp.uint8:   # frames normalised on the device: corrupt the normalised frames
+      x = normalize_frames(x)
     k_noise, k_y, k_x = jax.random.split(jax.random.fold_in(key, i), 3)
     x = x + (noise[i] * scale[i] * jax.random.normal(k_noise, x.shape)).astype(x.dtype)
     if kinds[m] == "video":                             # [B, T, H, W, 3]
@@ -223,8 +226,10 @@ def _input_scale(run: Run) -> np.ndarray:
   import jax
   batch = jax.device_get(next(iter(run.data.eval("test"))))
   real = np.asarray(batch["mask"]) > 0
-  return np.array([float(np.std(np.asarray(batch[m])[real])) for m in run.modalities],
-                  np.float32)
+  from iib_jax.models.multimodal import normalize_frames
+  inputs = {m: np.asarray(normalize_frames(batch[m]) if batch[m].dtype == np.uint8 else batch[m])
+            for m in run.modalities}
+  return np.array([float(np.std(inputs[m][real])) for m in run.modalities], np.float32)
 
 
 def _evaluate_under(run: Run, step, keep, noise, occlusion, scale, seed: int) -> dict[str, Any]:

@@ -47,7 +47,8 @@ class Data:
   def _options(self) -> dict[str, Any]:
     c = self.config.data
     return dict(modalities={m: m for m in self.config.modalities}, num_frames=c.num_frames,
-                image_size=c.image_size, audio_frames=c.audio_frames, audio_norm=c.audio_norm)
+                image_size=c.image_size, audio_frames=c.audio_frames, audio_norm=c.audio_norm,
+                frames_dtype=c.get("frames_dtype", "float32"))
 
   def num_examples(self, split: str) -> int:
     return int(self.info["splits"][split])

@@ -153,14 +153,18 @@ def _antialias(size: int, shape: tf.TensorShape) -> bool:
   return len(dims) < 2 or size < max(dims)
 
 
-def _random_resized_crop_one(image: tf.Tensor, size: int, scale, ratio, seed) -> tf.Tensor:
+def _sample_box(shape: tf.Tensor, scale, ratio, seed) -> tuple[tf.Tensor, tf.Tensor]:
+  """RandomResizedCrop's box in an image of `shape` [H, W, C]: (begin [3], size [3])."""
   begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
+      shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
       min_object_covered=0.0, aspect_ratio_range=tuple(ratio), area_range=tuple(scale),
       max_attempts=10, use_image_if_no_bounding_boxes=True)
-  crop = tf.slice(image, begin, crop_size)
-  return tf.image.resize(crop, [size, size], method="bilinear",
-                         antialias=_antialias(size, image.shape))
+  return begin, crop_size
+
+
+def _resize(images: tf.Tensor, size: int, stored_shape: tf.TensorShape) -> tf.Tensor:
+  return tf.image.resize(images, [size, size], method="bilinear",
+                         antialias=_antialias(size, stored_shape))
 
 
 def random_resized_crop(size: int = 224, scale: Sequence[float] = (0.08, 1.0),
@@ -181,19 +185,66 @@ def random_resized_crop(size: int = 224, scale: Sequence[float] = (0.08, 1.0),
     frames = ex["video"]
     num_frames = frames.shape[0]
     if per_frame:
-      out = [_random_resized_crop_one(frames[t], size, scale, ratio,
-                                      _op_seed(seed, "random_resized_crop", t))
-             for t in range(num_frames)]
+      out = []
+      for t in range(num_frames):
+        begin, crop_size = _sample_box(tf.shape(frames[t]), scale, ratio,
+                                       _op_seed(seed, "random_resized_crop", t))
+        out.append(_resize(tf.slice(frames[t], begin, crop_size), size, frames.shape[1:]))
       video = tf.stack(out)
     else:
-      begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-          tf.shape(frames)[1:], bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-          seed=_op_seed(seed, "random_resized_crop"), min_object_covered=0.0,
-          aspect_ratio_range=tuple(ratio), area_range=tuple(scale), max_attempts=10,
-          use_image_if_no_bounding_boxes=True)
+      begin, crop_size = _sample_box(tf.shape(frames)[1:], scale, ratio,
+                                     _op_seed(seed, "random_resized_crop"))
       crop = tf.slice(frames, tf.concat([[0], begin], 0), tf.concat([[-1], crop_size], 0))
-      video = tf.image.resize(crop, [size, size], method="bilinear",
-                              antialias=_antialias(size, frames.shape))
+      video = _resize(crop, size, frames.shape)
+    return {**ex, "video": tf.ensure_shape(video, [num_frames, size, size, 3])}
+  return op
+
+
+_BOX_MARGIN = 2
+
+
+def _decode_window(jpeg: tf.Tensor, begin: tf.Tensor, crop_size: tf.Tensor) -> tf.Tensor:
+  """The pixels [begin : begin + crop_size] (3-vectors, as from `_sample_box`) of a JPEG, the
+  same as a full decode's, decoding only that window and a margin around it."""
+  # libjpeg's chroma upsampling reads the neighbours of a window's edge pixels: decode a
+  # margin around the box and cut it off, so that the box has the pixels of a full decode.
+  shape = tf.io.extract_jpeg_shape(jpeg)[:2]
+  start = tf.maximum(begin[:2] - _BOX_MARGIN, 0)
+  stop = tf.minimum(begin[:2] + crop_size[:2] + _BOX_MARGIN, shape)
+  window = tf.concat([start, stop - start], 0)
+  image = tf.io.decode_and_crop_jpeg(jpeg, window, channels=3, dct_method="INTEGER_ACCURATE")
+  return tf.slice(image, tf.concat([begin[:2] - start, [0]], 0), crop_size)
+
+
+def decode_random_resized_crop(size: int = 224, scale: Sequence[float] = (0.08, 1.0),
+                               ratio: Sequence[float] = (3 / 4, 4 / 3), per_frame: bool = True,
+                               height: Optional[int] = None, width: Optional[int] = None) -> Op:
+  """`decode_frames | random_resized_crop(size, scale, ratio, per_frame)` in one op, with the
+  same boxes and the same pixels, that decodes only each box of each JPEG (plus a margin of 2
+  pixels, `tf.io.decode_and_crop_jpeg`): JPEG strings [T] -> float32 [T, size, size, 3] in
+  [0, 255].
+
+  height, width: the stored frame size, which decides antialiasing as in `random_resized_crop`
+  (default: unknown, so antialiased).
+  """
+  stored = tf.TensorShape([height, width, 3])
+
+  @_named("decode_random_resized_crop")
+  def op(ex: Example, seed: tf.Tensor) -> Example:
+    jpegs = ex["video"]
+    num_frames = jpegs.shape[0]
+    if per_frame:
+      out = []
+      for t in range(num_frames):
+        begin, crop_size = _sample_box(tf.io.extract_jpeg_shape(jpegs[t]), scale, ratio,
+                                       _op_seed(seed, "random_resized_crop", t))
+        out.append(_resize(_decode_window(jpegs[t], begin, crop_size), size, stored))
+      video = tf.stack(out)
+    else:
+      begin, crop_size = _sample_box(tf.io.extract_jpeg_shape(jpegs[0]), scale, ratio,
+                                     _op_seed(seed, "random_resized_crop"))
+      crop = tf.stack([_decode_window(jpegs[t], begin, crop_size) for t in range(num_frames)])
+      video = _resize(crop, size, stored)
     return {**ex, "video": tf.ensure_shape(video, [num_frames, size, size, 3])}
   return op
 
@@ -234,6 +285,20 @@ def normalize_frames(mean: Sequence[float] = schema.IMAGENET_MEAN,
   def op(ex: Example, seed: tf.Tensor) -> Example:
     x = tf.cast(ex["video"], tf.float32) / 255.0
     return {**ex, "video": (x - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)}
+  return op
+
+
+def quantize_frames() -> Op:
+  """float32 frames in [0, 255] -> uint8 (rounded), for normalisation on the device
+  (`iib_jax.models` normalises uint8 frames with the ImageNet statistics); uint8 frames pass
+  unchanged. A quarter of the bytes of float32 frames to move and to hold in the buffers."""
+
+  @_named("quantize_frames")
+  def op(ex: Example, seed: tf.Tensor) -> Example:
+    frames = ex["video"]
+    if frames.dtype == tf.uint8:
+      return ex
+    return {**ex, "video": tf.cast(tf.clip_by_value(tf.round(frames), 0.0, 255.0), tf.uint8)}
   return op
 
 
@@ -297,9 +362,11 @@ OPS: dict[str, Callable[..., Op]] = {
     "sample_frames": sample_frames,
     "decode_frames": decode_frames,
     "random_resized_crop": random_resized_crop,
+    "decode_random_resized_crop": decode_random_resized_crop,
     "resize": resize,
     "flip_left_right": flip_left_right,
     "normalize_frames": normalize_frames,
+    "quantize_frames": quantize_frames,
     "crop_audio": crop_audio,
     "normalize_audio": normalize_audio,
 }

@@ -209,7 +209,7 @@ def test_input_pipeline_tiny_compares_the_loaders_on_the_same_batches(tmp_path):
   record = _load(out)
   _check_environment(record["environment"])
   rows = {r["loader"]: r for r in record["results"]}
-  assert set(rows) == {"tfdata", "per_item", "per_item_resample"}
+  assert set(rows) == {"tfdata", "tfdata_uint8", "per_item", "per_item_resample"}
   for r in rows.values():
     assert "error" not in r, r.get("error")
     assert r["clips"] == 2 * 4 and r["clips_per_s"] > 0 and len(r["load_avg"]) == 3
@@ -217,6 +217,11 @@ def test_input_pipeline_tiny_compares_the_loaders_on_the_same_batches(tmp_path):
   # One batch in two layouts: [B, T, H, W, 3] / [B, 3, T, H, W]; [B, 188, 257] / [B, 1, 257, 188].
   assert tf_shapes["video"] == [4, 3, 32, 32, 3] and item_shapes["visual"] == [4, 3, 3, 32, 32]
   assert tf_shapes["audio"] == [4, 188, 257] and item_shapes["audio"] == [4, 1, 257, 188]
+  assert rows["tfdata_uint8"]["batch_shapes"] == tf_shapes
+  assert rows["tfdata"]["batch_dtypes"]["video"] == "float32"
+  assert rows["tfdata_uint8"]["batch_dtypes"]["video"] == "uint8"
+  assert record["tfdata_uint8_vs_per_item_per_core"] == pytest.approx(
+      rows["tfdata_uint8"]["clips_per_s"] / rows["per_item"]["clips_per_s"])
   assert record["tfdata_vs_per_item_per_core"] == pytest.approx(
       rows["tfdata"]["clips_per_s"] / rows["per_item"]["clips_per_s"])
   needed = {n["loader"]: n for n in record["cores_needed"]}

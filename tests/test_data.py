@@ -210,6 +210,80 @@ def test_random_resized_crop_full_box_is_a_resize_and_flip_mirrors():
   assert crops.shape == (2, 5, 5, 3)
 
 
+def _jpegs(shape, seed=0):
+  """T smooth JPEG frames of `shape` [T, H, W] (smooth, so that they compress as video frames)."""
+  rng = np.random.default_rng(seed)
+  t, h, w = shape
+  out = []
+  for _ in range(t):
+    coarse = rng.integers(0, 255, (h // 4 + 1, w // 4 + 1, 3)).astype(np.uint8)
+    image = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BILINEAR))
+    out.append(tf.io.encode_jpeg(image, quality=90))
+  return tf.stack(out)
+
+
+@pytest.mark.parametrize("size,per_frame", [(16, True), (40, True), (16, False)])
+def test_decoding_only_the_crop_box_gives_the_pixels_of_decode_then_crop(size, per_frame):
+  # Frames 28 x 36: size 16 shrinks (antialiased), 40 enlarges every box.
+  jpegs = _jpegs((3, 28, 36))
+  seed = tf.constant([3, 4], tf.int64)
+  reference = preprocess.apply(
+      [preprocess.decode_frames(28, 36), preprocess.random_resized_crop(size, per_frame=per_frame)],
+      {"video": jpegs}, seed)["video"].numpy()
+  fused = preprocess.decode_random_resized_crop(size, per_frame=per_frame, height=28, width=36)(
+      {"video": jpegs}, seed)["video"].numpy()
+  assert fused.shape == (3, size, size, 3) and fused.dtype == np.float32
+  np.testing.assert_array_equal(fused, reference)
+  # The boxes really are random crops: frames differ from a plain resize of the whole frame.
+  whole = preprocess.apply([preprocess.decode_frames(28, 36), preprocess.resize(size)],
+                           {"video": jpegs}, seed)["video"].numpy()
+  assert not np.allclose(fused, whole, atol=1.0)
+
+
+def test_decoding_a_window_with_its_margin_gives_the_pixels_of_a_full_decode():
+  # Chroma-subsampled JPEG (TensorFlow's default 4:2:0): a window decoded without a margin
+  # differs from the full decode in its edge columns; the op's windows must not.
+  jpeg = _jpegs((1, 28, 36), seed=3)[0]
+  full = tf.io.decode_jpeg(jpeg, channels=3, dct_method="INTEGER_ACCURATE").numpy()
+  rng = np.random.default_rng(0)
+  for _ in range(40):
+    y, x = rng.integers(0, 27), rng.integers(0, 35)
+    h, w = rng.integers(1, 29 - y), rng.integers(1, 37 - x)
+    window = preprocess._decode_window(jpeg, tf.constant([y, x, 0]), tf.constant([h, w, -1]))
+    np.testing.assert_array_equal(window.numpy(), full[y:y + h, x:x + w])
+
+
+def test_quantize_frames_rounds_and_saturates():
+  x = np.array([-3.0, 0.4, 0.5, 1.5, 254.49, 254.5, 300.0], np.float32).reshape(1, 1, 7, 1)
+  out = preprocess.quantize_frames()({"video": tf.constant(x)}, tf.constant([0, 0]))["video"]
+  # numpy reference: round half to even (tf.round's rule), then clip to [0, 255].
+  np.testing.assert_array_equal(out.numpy(), np.clip(np.round(x), 0, 255).astype(np.uint8))
+  assert out.dtype == tf.uint8
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_uint8_frames_normalised_on_the_device_match_float32_frames(data_dir, train):
+  from iib_jax.models.multimodal import normalize_frames
+  kwargs = dict(batch_size=4, train=train, num_frames=2, seed=1, process_index=0,
+                process_count=1)
+  floats = next(iter(data.make_dataset(data_dir, "train", **kwargs)))
+  quantized = next(iter(data.make_dataset(data_dir, "train", frames_dtype="uint8", **kwargs)))
+  assert quantized["video"].dtype == np.uint8 and floats["video"].dtype == np.float32
+  np.testing.assert_array_equal(quantized["clip_id"], floats["clip_id"])
+  np.testing.assert_array_equal(quantized["audio"], floats["audio"])
+  on_device = np.asarray(normalize_frames(jax.numpy.asarray(quantized["video"])))
+  expected = (quantized["video"].astype(np.float32) / 255 - MEAN) / STD   # numpy reference
+  np.testing.assert_allclose(on_device, expected, atol=1e-6)
+  # Evaluation at the stored size has nothing to round; training rounds interpolated pixels
+  # (at most half a grey level: 0.5 / 255 / 0.225 = 0.0088).
+  np.testing.assert_allclose(on_device, floats["video"], atol=1e-5 if not train else 0.009)
+
+
+def test_a_bad_frames_dtype_is_named(data_dir):
+  with pytest.raises(ValueError, match="frames_dtype.*'float16'"):
+    data.make_dataset(data_dir, "test", batch_size=2, train=False, frames_dtype="float16")
+
+
 def test_ops_give_the_same_result_eagerly_and_inside_tf_data(data_dir):
   info = data.load_info(data_dir)
   ops = data.default_ops(info, train=True, stored=["audio", "video"], num_frames=2,

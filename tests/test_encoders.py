@@ -282,3 +282,23 @@ def test_bidirectional_gru_matches_numpy_reference():
                           ref_gru_direction(h, p["backward_rnn"]["cell"], reverse=True)], -1)
     want.append(h.mean(axis=0))
   np.testing.assert_allclose(got, np.stack(want), rtol=1e-5, atol=1e-6)
+
+
+def test_uint8_frames_are_normalised_on_the_device_like_the_host_pipeline():
+  from iib_jax.models import build_model
+  model = build_model(("audio", "video"), {"audio": "audio_cnn", "video": "resnet18"}, 3,
+                      feature_dim=16, encoder_size="tiny")
+  rng = np.random.default_rng(0)
+  frames = rng.integers(0, 256, (2, 2, 16, 16, 3)).astype(np.uint8)
+  audio = rng.normal(size=(2, 32, 16)).astype(np.float32)
+  # numpy reference of the host's normalize_frames: (x / 255 - mean) / std.
+  mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+  normalised = ((frames / 255.0 - mean) / std).astype(np.float32)
+  variables = model.init(jax.random.PRNGKey(0), {"audio": audio, "video": normalised}, train=False)
+  on_device = model.apply(variables, {"audio": audio, "video": jnp.asarray(frames)}, train=False)
+  on_host = model.apply(variables, {"audio": audio, "video": normalised}, train=False)
+  np.testing.assert_allclose(on_device["fused_logits"], on_host["fused_logits"], atol=1e-5)
+  np.testing.assert_allclose(on_device["features"], on_host["features"], atol=1e-5)
+  assert not np.allclose(  # the raw grey levels would give other features
+      model.apply(variables, {"audio": audio, "video": frames.astype(np.float32)},
+                  train=False)["features"], on_host["features"], atol=1e-3)

@@ -14,10 +14,19 @@ import jax.numpy as jnp
 
 from iib_jax import budget
 from iib_jax import fusion as fusion_lib
+from iib_jax import schema
 from iib_jax.models.encoders import make_encoder
 
 FUSIONS = ("concat", "sum", "gated", "none")
 _DENSE_INIT = nn.initializers.xavier_normal()
+
+
+def normalize_frames(frames: jax.Array) -> jax.Array:
+  """uint8 frames in [0, 255] -> float32, ImageNet-normalised: the host pipeline's
+  `normalize_frames`, run on the device (`iib_jax.data`'s frames_dtype='uint8')."""
+  mean = jnp.asarray(schema.IMAGENET_MEAN, jnp.float32)
+  std = jnp.asarray(schema.IMAGENET_STD, jnp.float32)
+  return (frames.astype(jnp.float32) / 255.0 - mean) / std
 
 
 class Branch(nn.Module):
@@ -32,6 +41,8 @@ class Branch(nn.Module):
     detach_head: train the head on stop_gradient(z), so it reads the encoder without
       shaping it (unimodal accuracy of methods that have no unimodal loss).
     dtype: compute dtype.
+
+  uint8 input is taken for frames in [0, 255] and ImageNet-normalised first (`normalize_frames`).
   """
   encoder: str
   encoder_size: str
@@ -42,6 +53,8 @@ class Branch(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+    if x.dtype == jnp.uint8:
+      x = normalize_frames(x)
     z = make_encoder(self.encoder, size=self.encoder_size, dtype=self.dtype, name="encoder")(
         x, train=train)
     if z.shape[-1] != self.feature_dim:
