@@ -191,8 +191,10 @@ def default_ops(info: Mapping[str, Any], *, train: bool, stored: Sequence[str],
       ops.append(preprocess.decode_frames(height, width))
       if frames_dtype == "float32" or (height, width) != (size, size):
         ops.append(preprocess.resize(size))
-    ops.append(preprocess.normalize_frames() if frames_dtype == "float32"
-               else preprocess.quantize_frames())
+      if frames_dtype == "uint8":
+        ops.append(preprocess.quantize_frames())
+    if frames_dtype == "float32":
+      ops.append(preprocess.normalize_frames())
   norm = audio_normalization(info, audio_norm) if "audio" in stored else None
   if norm is not None:
     ops.append(preprocess.normalize_audio(*norm))

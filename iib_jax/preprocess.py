@@ -167,37 +167,43 @@ def _resize(images: tf.Tensor, size: int, stored_shape: tf.TensorShape) -> tf.Te
                          antialias=_antialias(size, stored_shape))
 
 
+def _random_resized_crop_op(name: str, size: int, scale, ratio, per_frame: bool, shape_of,
+                            window, stored_shape) -> Op:
+  """The RandomResizedCrop op over frames read through `shape_of(frame)` ([H, W, C]) and
+  `window(frame, begin, crop_size)` (the box's pixels); `stored_shape(frames)` decides
+  antialiasing. The boxes are drawn from the seeds of 'random_resized_crop' whatever `name`."""
+
+  @_named(name)
+  def op(ex: Example, seed: tf.Tensor) -> Example:
+    frames = ex["video"]
+    num_frames = frames.shape[0]
+    boxes = [_sample_box(shape_of(frames[t if per_frame else 0]), scale, ratio,
+                         _op_seed(seed, "random_resized_crop", t) if per_frame
+                         else _op_seed(seed, "random_resized_crop"))
+             for t in range(num_frames if per_frame else 1)]
+    crops = [window(frames[t], *boxes[t if per_frame else 0]) for t in range(num_frames)]
+    if per_frame:   # boxes of different sizes: one resize each
+      video = tf.stack([_resize(crop, size, stored_shape(frames)) for crop in crops])
+    else:
+      video = _resize(tf.stack(crops), size, stored_shape(frames))
+    return {**ex, "video": tf.ensure_shape(video, [num_frames, size, size, 3])}
+  return op
+
+
 def random_resized_crop(size: int = 224, scale: Sequence[float] = (0.08, 1.0),
                         ratio: Sequence[float] = (3 / 4, 4 / 3), per_frame: bool = True) -> Op:
   """torchvision's RandomResizedCrop: a random box of `scale` of the area and `ratio` aspect
   (width / height), resized to size x size (bilinear; antialiased when the frames are larger than
-  size) -> float32 [T, size, size, 3]
-  in [0, 255].
+  size): uint8 [T, H, W, 3] -> float32 [T, size, size, 3] in [0, 255].
 
   per_frame=True draws a box for each frame independently, as the reference loaders transform
   each frame separately; False uses one box for the whole clip. TensorFlow's box sampler draws
   the aspect ratio uniformly (torchvision: log-uniformly) and falls back to the whole image
   after 10 failed draws (torchvision: a centre crop).
   """
-
-  @_named("random_resized_crop")
-  def op(ex: Example, seed: tf.Tensor) -> Example:
-    frames = ex["video"]
-    num_frames = frames.shape[0]
-    if per_frame:
-      out = []
-      for t in range(num_frames):
-        begin, crop_size = _sample_box(tf.shape(frames[t]), scale, ratio,
-                                       _op_seed(seed, "random_resized_crop", t))
-        out.append(_resize(tf.slice(frames[t], begin, crop_size), size, frames.shape[1:]))
-      video = tf.stack(out)
-    else:
-      begin, crop_size = _sample_box(tf.shape(frames)[1:], scale, ratio,
-                                     _op_seed(seed, "random_resized_crop"))
-      crop = tf.slice(frames, tf.concat([[0], begin], 0), tf.concat([[-1], crop_size], 0))
-      video = _resize(crop, size, frames.shape)
-    return {**ex, "video": tf.ensure_shape(video, [num_frames, size, size, 3])}
-  return op
+  return _random_resized_crop_op("random_resized_crop", size, scale, ratio, per_frame,
+                                 shape_of=tf.shape, window=tf.slice,
+                                 stored_shape=lambda frames: frames.shape[1:])
 
 
 _BOX_MARGIN = 2
@@ -228,25 +234,9 @@ def decode_random_resized_crop(size: int = 224, scale: Sequence[float] = (0.08, 
   (default: unknown, so antialiased).
   """
   stored = tf.TensorShape([height, width, 3])
-
-  @_named("decode_random_resized_crop")
-  def op(ex: Example, seed: tf.Tensor) -> Example:
-    jpegs = ex["video"]
-    num_frames = jpegs.shape[0]
-    if per_frame:
-      out = []
-      for t in range(num_frames):
-        begin, crop_size = _sample_box(tf.io.extract_jpeg_shape(jpegs[t]), scale, ratio,
-                                       _op_seed(seed, "random_resized_crop", t))
-        out.append(_resize(_decode_window(jpegs[t], begin, crop_size), size, stored))
-      video = tf.stack(out)
-    else:
-      begin, crop_size = _sample_box(tf.io.extract_jpeg_shape(jpegs[0]), scale, ratio,
-                                     _op_seed(seed, "random_resized_crop"))
-      crop = tf.stack([_decode_window(jpegs[t], begin, crop_size) for t in range(num_frames)])
-      video = _resize(crop, size, stored)
-    return {**ex, "video": tf.ensure_shape(video, [num_frames, size, size, 3])}
-  return op
+  return _random_resized_crop_op("decode_random_resized_crop", size, scale, ratio, per_frame,
+                                 shape_of=tf.io.extract_jpeg_shape, window=_decode_window,
+                                 stored_shape=lambda frames: stored)
 
 
 def resize(size: int = 224) -> Op:
