@@ -1,13 +1,14 @@
 """Several variants × seeds on one dataset, sharing each seed's unimodal (IIB) phase.
 
 Layout: `<root>/seed<s>/iib/` (budgets, shared by every variant of that seed) and
-`<root>/seed<s>/<variant>/` (one run directory each). A variant whose `results.json` exists is not
+`<root>/seed<s>/<dir_name(variant)>/` (one run directory each, with its config.json). A variant whose `results.json` exists is not
 run again, so an interrupted sweep resumes where it stopped.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from typing import Any, Mapping, Sequence
 
@@ -39,9 +40,19 @@ def _needs_budgets(config) -> bool:
                             spec).needs_budgets
 
 
+def dir_name(variant: str) -> str:
+  """The directory of a variant: its name with every run of characters other than letters,
+  digits and `=.+-` replaced by '_' ('w/o IIB prior' -> 'w_o_IIB_prior')."""
+  return re.sub(r"[^A-Za-z0-9=.+-]+", "_", variant).strip("_") or "_"
+
+
 def run_variants(config: ml_collections.ConfigDict, variants: Mapping[str, Mapping[str, Any]],
                  seeds: Sequence[int], root: str) -> dict[str, list[dict[str, Any]]]:
   """Runs every variant (a dict of config overrides) for every seed.
+
+  Each run lives in `<root>/seed<s>/<dir_name(variant)>/` with its config.json; a run whose
+  results.json exists is read, not run again; the seed's unimodal phase (`<root>/seed<s>/iib/`)
+  is shared by its variants.
 
   Returns:
     {variant: [results.json of each seed]}; each also carries "wall_s" and "seed".
@@ -52,12 +63,15 @@ def run_variants(config: ml_collections.ConfigDict, variants: Mapping[str, Mappi
   variant_configs = {name: override(config, o) for name, o in variants.items()}
   for c in variant_configs.values():
     common.validate(c)
+  dirs = {name: dir_name(name) for name in variants}
+  if len(set(dirs.values())) < len(dirs):
+    raise ValueError(f"variant names {sorted(variants)} share directories {dirs}")
   devices = runner.Devices()
   for seed in seeds:
     seed_dir = os.path.join(root, f"seed{seed}")
     os.makedirs(seed_dir, exist_ok=True)
     pending = {n: c for n, c in variant_configs.items()
-               if not os.path.exists(os.path.join(seed_dir, n, "results.json"))}
+               if not os.path.exists(os.path.join(seed_dir, dirs[n], "results.json"))}
     budgets = None
     data = None
     if pending:
@@ -68,12 +82,16 @@ def run_variants(config: ml_collections.ConfigDict, variants: Mapping[str, Mappi
         budgets = runner.iib_phase(base, data, seed_dir, writer)
         writer.close()
     for name, variant in variant_configs.items():
-      path = os.path.join(seed_dir, name, "results.json")
+      workdir = os.path.join(seed_dir, dirs[name])
+      path = os.path.join(workdir, "results.json")
       if not os.path.exists(path):
-        cfg = override(variant, {"seed": seed})
+        cfg = override(variant, {"seed": seed, "workdir": workdir})
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+          f.write(cfg.to_json_best_effort(indent=2))
         t0 = time.time()
         runner.log(f"== {name}, seed {seed}")
-        out = runner.train_method(cfg, cfg.method, data, os.path.join(seed_dir, name),
+        out = runner.train_method(cfg, cfg.method, data, workdir,
                                   budgets if _needs_budgets(cfg) else None,
                                   iib_dir=os.path.join(seed_dir, "iib"))
         out["wall_s"] = time.time() - t0

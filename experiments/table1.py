@@ -186,20 +186,6 @@ def figure3(runs: Sequence[Mapping[str, Any]], modalities: Sequence[str], path: 
                                       f"({len(runs)} seed{'s' * (len(runs) > 1)})")
 
 
-def _write_run_configs(config, names: Sequence[str], seeds: Sequence[int], root: str) -> None:
-  """Each run directory's config.json (the sweep does not write one), for experiments.evaluate."""
-  from experiments import sweep
-  for seed in seeds:
-    for name in names:
-      workdir = os.path.join(root, f"seed{seed}", name)
-      path = os.path.join(workdir, "config.json")
-      if not os.path.exists(path):
-        os.makedirs(workdir, exist_ok=True)
-        run_config = sweep.override(config, {"method": name, "seed": seed, "workdir": workdir})
-        with open(path, "w") as f:
-          f.write(run_config.to_json_best_effort(indent=2))
-
-
 def run(settings) -> dict[str, Any]:
   """Runs (or resumes) every method × dataset × seed and writes the table and figures."""
   import jax
@@ -227,7 +213,6 @@ def run(settings) -> dict[str, Any]:
   for dataset, config in configs.items():
     dataset_root = os.path.join(root, dataset)
     modalities = tuple(config.modalities)
-    _write_run_configs(config, names, seeds, dataset_root)
     results = sweep.run_variants(config, {n: {"method": n} for n in names}, seeds, dataset_root)
     aggregates = {n: sweep.aggregate(results[n], modalities) for n in names}
     readouts = {n: unimodal_readout(config, n) for n in names}
