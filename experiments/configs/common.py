@@ -6,8 +6,6 @@ locked config. `validate` runs before any computation and names the key and the 
 """
 from __future__ import annotations
 
-import os
-
 import ml_collections
 
 from iib_jax.methods import (METHODS, MethodSpec, agm, bmlmi, gblending, ggdm, greedy, mmpareto,
