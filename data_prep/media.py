@@ -165,7 +165,7 @@ def decode_video(path: str, *, fps: float = 16.0, size: Sequence[int] = (224, 22
       container.seek(int((t0 + start - 1.0) / stream.time_base), stream=stream, backward=True)
 
     frames: list[bytes] = []
-    prev, prev_jpeg, prev_time, last_time = None, None, None, None
+    prev, prev_jpeg, last_time = None, None, None
     k, index = 0, 0
 
     def target(k):
@@ -190,7 +190,7 @@ def decode_video(path: str, *, fps: float = 16.0, size: Sequence[int] = (224, 22
             k += 1
         if target(k) >= seg_end:
           break
-        prev, prev_jpeg, prev_time = frame, None, t
+        prev, prev_jpeg = frame, None
         last_time = t
     except MediaError:
       raise

@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from data_prep import ave, crema_d
 from data_prep.synthetic import write_video, write_wav

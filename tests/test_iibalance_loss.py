@@ -1,5 +1,4 @@
 """The whole IIBalance objective (Eqs. 3–13) against a numpy reference written from the paper."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

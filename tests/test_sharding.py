@@ -1,6 +1,5 @@
 """Data parallelism: a step on 4 (CPU) devices computes what it computes on one device."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -1,5 +1,4 @@
 """The train state and the jit-compiled steps on a tiny three-modality problem."""
-import functools
 
 import jax
 import jax.numpy as jnp

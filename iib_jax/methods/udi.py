@@ -114,7 +114,7 @@ def redundancy_loss(z: jax.Array, anchor: jax.Array, mask: jax.Array | None = No
 
 def follower_losses(outputs, anchor_logits, anchor_feats, batch, supervised: bool = True):
   """[3, M]: per modality CE, JS to the anchor and redundancy with the anchor."""
-  labels, mask = batch["label"], batch.get("mask")
+  mask = batch.get("mask")
   ce = base.unimodal_ce(outputs["logits"], batch)
   if not supervised:
     ce = jnp.zeros_like(ce)
