@@ -308,28 +308,73 @@ def evaluate_run(run: Run, noise_levels, occlusion_levels, probe_steps: int = 50
           **rob, "wall_s": time.time() - t0}
 
 
-def _pct(x) -> str:
-  return "–" if x is None else f"{100 * x:.2f}"
+def _pct(x, std=None) -> str:
+  if x is None:
+    return "–"
+  return f"{100 * x:.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
 
 
-def markdown(evaluations: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> str:
-  """Tables of probes, missing modalities and corruption curves for one or several runs."""
+def _combine(values: Sequence[Any], fn) -> Any:
+  """`fn` over the numbers at the same place of same-shaped records; other leaves: the first."""
+  first = values[0]
+  if isinstance(first, Mapping):
+    return {k: _combine([v[k] for v in values], fn) for k in first
+            if all(isinstance(v, Mapping) and k in v for v in values)}
+  if isinstance(first, list) and all(isinstance(v, list) and len(v) == len(first)
+                                     for v in values):
+    return [_combine([v[i] for v in values], fn) for i in range(len(first))]
+  if isinstance(first, (int, float)) and not isinstance(first, bool) and all(
+      isinstance(v, (int, float)) and v is not None for v in values):
+    return float(fn(np.asarray(values, np.float64)))
+  return first
+
+
+def over_seeds(evaluations: Sequence[Mapping[str, Any]]
+               ) -> tuple[list[dict], list[dict], list[str]]:
+  """Per method (in order of first appearance): the mean and the std over its runs of every
+  number of the evaluation records, and a label 'method (n runs)'."""
+  groups: dict[str, list] = {}
+  for e in evaluations:
+    groups.setdefault(e["method"], []).append(e)
+  means = [_combine(g, np.mean) for g in groups.values()]
+  stds = [_combine(g, np.std) for g in groups.values()]
+  labels = [f"{m} ({len(g)} run{'s' * (len(g) > 1)})" for m, g in groups.items()]
+  return means, stds, labels
+
+
+def markdown(evaluations: Sequence[Mapping[str, Any]], labels: Sequence[str],
+             stds: Sequence[Mapping[str, Any]] | None = None) -> str:
+  """Tables of probes, missing modalities and corruption curves for one or several runs
+  (with `stds`, from `over_seeds`: 'mean ± std' cells)."""
   modalities = evaluations[0]["modalities"]
+  stds = stds or [None] * len(evaluations)
+
+  def at(std, *path):
+    for key in path:
+      if std is None:
+        return None
+      std = std[key]
+    return std
+
   lines = ["## Linear probes on frozen encoder features (test accuracy, %)", "",
            "| Run | " + " | ".join(f"probe {m} | readout {m}" for m in modalities) + " |",
            "|" + "---|" * (1 + 2 * len(modalities))]
-  for e, label in zip(evaluations, labels):
+  for e, label, sd in zip(evaluations, labels, stds):
     cells = [f"{label} ({e['readout']})"]
     for m in modalities:
-      cells += [_pct(e["linear_probe"][m]["probe_test_acc"]),
-                _pct(e["linear_probe"][m]["readout_test_acc"])]
+      cells += [_pct(e["linear_probe"][m]["probe_test_acc"],
+                     at(sd, "linear_probe", m, "probe_test_acc")),
+                _pct(e["linear_probe"][m]["readout_test_acc"],
+                     at(sd, "linear_probe", m, "readout_test_acc"))]
     lines.append("| " + " | ".join(cells) + " |")
   lines += ["", "## One modality removed (input zeroed): test accuracy of the fused prediction (%)",
             "", "| Run | all | " + " | ".join(f"without {m}" for m in modalities) + " |",
             "|" + "---|" * (2 + len(modalities))]
-  for e, label in zip(evaluations, labels):
-    lines.append(f"| {label} | {_pct(e['clean']['acc_fused'])} | "
-                 + " | ".join(_pct(e["missing"][m]["acc_fused"]) for m in modalities) + " |")
+  for e, label, sd in zip(evaluations, labels, stds):
+    lines.append(f"| {label} | {_pct(e['clean']['acc_fused'], at(sd, 'clean', 'acc_fused'))} | "
+                 + " | ".join(_pct(e["missing"][m]["acc_fused"],
+                                   at(sd, "missing", m, "acc_fused")) for m in modalities)
+                 + " |")
   for curve in evaluations[0]["curves"]:
     levels = evaluations[0]["curves"][curve]["levels"]
     kind, modality = curve.split(":")
@@ -338,19 +383,22 @@ def markdown(evaluations: Sequence[Mapping[str, Any]], labels: Sequence[str]) ->
     lines += ["", f"## {modality}: {what} — fused test accuracy (%) [mean fusion weights]", "",
               "| Run | " + " | ".join(f"{level:g}" for level in levels) + " |",
               "|" + "---|" * (1 + len(levels))]
-    for e, label in zip(evaluations, labels):
+    for e, label, sd in zip(evaluations, labels, stds):
       cells = []
-      for s in e["curves"][curve]["summaries"]:
+      for i, s in enumerate(e["curves"][curve]["summaries"]):
         weights = [s.get(f"weight_{m}") for m in modalities]
         extra = ("" if None in weights
                  else " [" + ", ".join(f"{w:.2f}" for w in weights) + "]")
-        cells.append(_pct(s.get("acc_fused")) + extra)
+        cells.append(_pct(s.get("acc_fused"),
+                          at(sd, "curves", curve, "summaries", i, "acc_fused")) + extra)
       lines.append(f"| {label} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
-def robustness_figure(evaluations, labels, path: str) -> str:
-  """Accuracy (top) and mean fusion weights (bottom) against corruption strength, a line per run."""
+def robustness_figure(evaluations, labels, path: str, stds=None) -> str:
+  """Accuracy (top) and mean fusion weights (bottom) against corruption strength, a line per run
+  (with `stds`, from `over_seeds`: a line per method and a band of ± one std)."""
+  stds = stds or [None] * len(evaluations)
   from experiments import plots
   plt = plots._pyplot()
   curves = list(evaluations[0]["curves"])
@@ -363,16 +411,21 @@ def robustness_figure(evaluations, labels, path: str) -> str:
   styles = ["-", "--", ":", "-."]
   for col, curve in enumerate(curves):
     kind, modality = curve.split(":")
-    for r, (e, label) in enumerate(zip(evaluations, labels)):
+    for r, (e, label, sd) in enumerate(zip(evaluations, labels, stds)):
       data = e["curves"][curve]
       color = colors[r % len(colors)]
-      axes[0, col].plot(data["levels"], [100 * s["acc_fused"] for s in data["summaries"]], "-o",
-                        ms=3, color=color, label=label)
+
+      def draw(ax, key, scale, style, line_label):
+        mean = np.array([scale * s[key] for s in data["summaries"]])
+        ax.plot(data["levels"], mean, style, marker="o", ms=3, color=color, label=line_label)
+        if sd is not None:
+          spread = np.array([scale * s[key] for s in sd["curves"][curve]["summaries"]])
+          ax.fill_between(data["levels"], mean - spread, mean + spread, color=color, alpha=0.15)
+
+      draw(axes[0, col], "acc_fused", 100, "-", label)
       if with_weights and f"weight_{modalities[0]}" in e["clean"]:
         for j, m in enumerate(modalities):
-          axes[1, col].plot(data["levels"], [s[f"weight_{m}"] for s in data["summaries"]],
-                            styles[j % len(styles)], marker="o", ms=3, color=color,
-                            label=f"{label}: w_{m}")
+          draw(axes[1, col], f"weight_{m}", 1, styles[j % len(styles)], f"{label}: w_{m}")
     xlabel = ("noise std (× clean std)" if kind == "noise" else "occluded square side")
     axes[0, col].set_title(f"{kind} on {modality}")
     axes[0, col].set_ylabel("fused test accuracy (%)")
@@ -450,6 +503,13 @@ def write(evaluations, out: str, command_seconds: float | None = None) -> dict[s
   estimate.write_json(paths["json"], record)
   text = ("# Evaluation: " + ", ".join(labels) + "\n\n" + markdown(evaluations, labels)
           + f"\nFigures: `{paths['robustness']}`, `{paths['probes']}`.\n")
+  means, stds, mean_labels = over_seeds(evaluations)
+  if len(means) < len(evaluations):   # several runs of a method: their mean ± std too
+    paths["robustness_mean"] = robustness_figure(means, mean_labels,
+                                                 os.path.join(out, "robustness_mean.png"), stds)
+    text += ("\n# Mean ± std over the runs of each method\n\n"
+             + markdown(means, mean_labels, stds)
+             + f"\nFigure: `{paths['robustness_mean']}` (bands: ± one std).\n")
   if command_seconds is not None:
     text += "\n" + report.footer("python -m experiments.evaluate", command_seconds)
   with open(paths["markdown"], "w") as f:

@@ -125,3 +125,41 @@ def test_linear_probe_separates_separable_features():
   z = rng.normal(0, 0.3, (60, 5)) + np.eye(3, 5)[labels] * 3
   probe = evaluate.linear_probe(z[:40], labels[:40], z[40:], labels[40:], 3, steps=200)
   assert probe["train_acc"] == 1.0 and probe["test_acc"] == 1.0
+
+
+def _record(method, seed, acc, weights):
+  curve = {"levels": [0.0, 1.0],
+           "summaries": [{"acc_fused": a, "weight_audio": w, "weight_video": 1 - w}
+                         for a, w in zip(acc, weights)]}
+  return {"method": method, "seed": seed, "workdir": f"/runs/seed{seed}/{method}",
+          "dataset": "synthetic", "modalities": ["audio", "video"], "readout": "heads",
+          "clean": {"acc_fused": acc[0], "weight_audio": weights[0],
+                    "weight_video": 1 - weights[0]},
+          "missing": {m: {"acc_fused": acc[1]} for m in ("audio", "video")},
+          "curves": {"noise:audio": curve},
+          "linear_probe": {m: {"probe_train_acc": 1.0, "probe_test_acc": acc[0] / 2,
+                               "readout_test_acc": acc[1]} for m in ("audio", "video")}}
+
+
+def test_runs_of_a_method_are_averaged_over_seeds(tmp_path):
+  from experiments import evaluate
+  runs = [_record("iibalance", 0, [0.8, 0.5], [0.6, 0.3]),
+          _record("joint", 0, [0.7, 0.2], [0.5, 0.5]),
+          _record("iibalance", 1, [0.6, 0.4], [0.4, 0.2])]
+  means, stds, labels = evaluate.over_seeds(runs)
+  assert labels == ["iibalance (2 runs)", "joint (1 run)"]
+  # numpy reference: mean and population std of the two iibalance runs, place by place.
+  acc = np.array([[0.8, 0.5], [0.6, 0.4]])
+  summaries = means[0]["curves"]["noise:audio"]["summaries"]
+  np.testing.assert_allclose([s["acc_fused"] for s in summaries], acc.mean(0))
+  np.testing.assert_allclose([s["weight_audio"] for s in summaries], [0.5, 0.25])
+  np.testing.assert_allclose(
+      [s["acc_fused"] for s in stds[0]["curves"]["noise:audio"]["summaries"]], acc.std(0))
+  assert means[0]["linear_probe"]["audio"]["probe_test_acc"] == pytest.approx(0.35)
+  assert means[1]["clean"]["acc_fused"] == pytest.approx(0.7) and stds[1]["clean"]["acc_fused"] == 0
+  assert means[0]["method"] == "iibalance" and means[0]["readout"] == "heads"
+  paths = evaluate.write(runs, str(tmp_path))
+  assert (tmp_path / "robustness_mean.png").stat().st_size > 0
+  text = (tmp_path / "evaluation.md").read_text()
+  assert "| iibalance (2 runs) | 70.00 ± 10.00 | 45.00 ± 5.00 | 45.00 ± 5.00 |" in text
+  assert paths["robustness_mean"].endswith("robustness_mean.png")
