@@ -331,13 +331,15 @@ def _combine(values: Sequence[Any], fn) -> Any:
 
 def over_seeds(evaluations: Sequence[Mapping[str, Any]]
                ) -> tuple[list[dict], list[dict], list[str]]:
-  """Per method (in order of first appearance): the mean and the std over its runs of every
-  number of the evaluation records, and a label 'method (n runs)'."""
+  """Per method (in order of first appearance): the mean and the sample std over its runs of
+  every number of the evaluation records, and a label 'method (n runs)'."""
   groups: dict[str, list] = {}
   for e in evaluations:
     groups.setdefault(e["method"], []).append(e)
   means = [_combine(g, np.mean) for g in groups.values()]
-  stds = [_combine(g, np.std) for g in groups.values()]
+  # The sample std (ddof = 1), as the tables of experiments.sweep and experiments.table1.
+  stds = [_combine(g, lambda x: np.std(x, ddof=1) if len(x) > 1 else 0.0)
+          for g in groups.values()]
   labels = [f"{m} ({len(g)} run{'s' * (len(g) > 1)})" for m, g in groups.items()]
   return means, stds, labels
 

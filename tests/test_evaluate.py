@@ -148,18 +148,18 @@ def test_runs_of_a_method_are_averaged_over_seeds(tmp_path):
           _record("iibalance", 1, [0.6, 0.4], [0.4, 0.2])]
   means, stds, labels = evaluate.over_seeds(runs)
   assert labels == ["iibalance (2 runs)", "joint (1 run)"]
-  # numpy reference: mean and population std of the two iibalance runs, place by place.
+  # numpy reference: mean and sample std of the two iibalance runs, place by place.
   acc = np.array([[0.8, 0.5], [0.6, 0.4]])
   summaries = means[0]["curves"]["noise:audio"]["summaries"]
   np.testing.assert_allclose([s["acc_fused"] for s in summaries], acc.mean(0))
   np.testing.assert_allclose([s["weight_audio"] for s in summaries], [0.5, 0.25])
   np.testing.assert_allclose(
-      [s["acc_fused"] for s in stds[0]["curves"]["noise:audio"]["summaries"]], acc.std(0))
+      [s["acc_fused"] for s in stds[0]["curves"]["noise:audio"]["summaries"]], acc.std(0, ddof=1))
   assert means[0]["linear_probe"]["audio"]["probe_test_acc"] == pytest.approx(0.35)
   assert means[1]["clean"]["acc_fused"] == pytest.approx(0.7) and stds[1]["clean"]["acc_fused"] == 0
   assert means[0]["method"] == "iibalance" and means[0]["readout"] == "heads"
   paths = evaluate.write(runs, str(tmp_path))
   assert (tmp_path / "robustness_mean.png").stat().st_size > 0
   text = (tmp_path / "evaluation.md").read_text()
-  assert "| iibalance (2 runs) | 70.00 ± 10.00 | 45.00 ± 5.00 | 45.00 ± 5.00 |" in text
+  assert "| iibalance (2 runs) | 70.00 ± 14.14 | 45.00 ± 7.07 | 45.00 ± 7.07 |" in text
   assert paths["robustness_mean"].endswith("robustness_mean.png")
