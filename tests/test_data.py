@@ -206,6 +206,15 @@ def test_random_resized_crop_full_box_is_a_resize_and_flip_mirrors():
   for t in range(2):
     assert (np.array_equal(flipped[t], frames.numpy()[t, :, ::-1])
             or np.array_equal(flipped[t], frames.numpy()[t]))
+  seen = set()
+  for s in range(8):   # one draw for the whole clip: every frame flipped, or none
+    clip = preprocess.flip_left_right(per_frame=False)({"video": frames}, seed + s)["video"].numpy()
+    if np.array_equal(clip, frames.numpy()[:, :, ::-1]):
+      seen.add("flipped")
+    else:
+      np.testing.assert_array_equal(clip, frames.numpy())
+      seen.add("kept")
+  assert seen == {"flipped", "kept"}
   crops = preprocess.random_resized_crop(5)({"video": frames}, seed)["video"]
   assert crops.shape == (2, 5, 5, 3)
 
