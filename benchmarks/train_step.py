@@ -43,6 +43,7 @@ import numpy as np
 from benchmarks import common, flops as flops_lib
 from iib_jax import methods as methods_lib
 from iib_jax.models import build_model
+from iib_jax.models.encoders import ENCODER_INPUT
 from iib_jax.state import count_params, make_state_init
 from iib_jax.train import make_optimizer, make_train_step
 
@@ -71,12 +72,18 @@ def method_spec(config: common.ModelConfig, size: str) -> methods_lib.MethodSpec
                                 steps_per_epoch=100, total_epochs=50, budgets=BUDGETS)
 
 
-def make_batch(config: common.ModelConfig, size: str, batch_size: int, seed: int = 0
-               ) -> dict[str, np.ndarray]:
-  """A float32 batch of the configuration's shapes, labels and an all-ones mask."""
+def make_batch(config: common.ModelConfig, size: str, batch_size: int, seed: int = 0,
+               frames_dtype: str = "float32") -> dict[str, np.ndarray]:
+  """A batch of the configuration's shapes, labels and an all-ones mask: float32 inputs, or with
+  frames_dtype='uint8' uint8 frames (normalised on the device, `iib_jax.data`'s option)."""
   rng = np.random.default_rng(seed)
-  batch = {m: rng.standard_normal((batch_size,) + tuple(shape), dtype=np.float32)
-           for m, shape in config.input_shapes(size).items()}
+  batch = {}
+  for m, shape in config.input_shapes(size).items():
+    shape = (batch_size,) + tuple(shape)
+    if frames_dtype == "uint8" and ENCODER_INPUT[config.encoders[m]] == "video":
+      batch[m] = rng.integers(0, 256, shape, dtype=np.uint8)
+    else:
+      batch[m] = rng.standard_normal(shape, dtype=np.float32)
   batch["label"] = rng.integers(0, config.num_classes, batch_size).astype(np.int32)
   batch["mask"] = np.ones(batch_size, np.float32)
   return batch
@@ -93,7 +100,7 @@ class Bench:
   """
 
   def __init__(self, config: common.ModelConfig, method_name: str, *, size: str, batch_size: int,
-               dtype: str, optimizer: str, seed: int = 0):
+               dtype: str, optimizer: str, seed: int = 0, frames_dtype: str = "float32"):
     spec = method_spec(config, size)
     self.method = methods_lib.get_method(method_name, {}, spec)
     sizes = common.SIZES[size]
@@ -101,7 +108,7 @@ class Bench:
                              feature_dim=sizes["feature_dim"], encoder_size=sizes["encoder_size"],
                              dtype=dtype, **self.method.model)
     tx = make_optimizer(optimizer, LEARNING_RATES[optimizer])
-    host = make_batch(config, size, batch_size, seed)
+    host = make_batch(config, size, batch_size, seed, frames_dtype)
     self.batch = jax.device_put(host)
     self.state = make_state_init(self.model, tx, self.method)(jax.random.key(seed), self.batch)
     self.step = make_train_step(self.model, tx, self.method)
@@ -224,7 +231,7 @@ def run_group(config: common.ModelConfig, batch_size: int, dtype: str, args: arg
     print(f"  {config.name} {method} batch {batch_size} {dtype} ...", flush=True)
     try:
       bench = Bench(config, method, size=args.size, batch_size=batch_size, dtype=dtype,
-                    optimizer=args.optimizer)
+                    optimizer=args.optimizer, frames_dtype=args.frames_dtype)
       timing = measure(bench, args.warmup, args.steps)
       count = bench.flops(config, args.size)
       row = row_for(config, method, batch_size, dtype, args.optimizer, args.size, timing, count,
@@ -235,6 +242,7 @@ def run_group(config: common.ModelConfig, batch_size: int, dtype: str, args: arg
                    "error": f"{type(e).__name__}: {str(e)[:500]}", "load_avg": common.load_avg()})
       print(f"    failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
       continue
+    row["frames_dtype"] = args.frames_dtype
     rows.append(row)
     if args.method_overhead and method in ("joint", "iibalance"):
       kept[method] = bench
@@ -281,6 +289,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                  help="each (config, batch, dtype) in its own process")
   p.add_argument("--flops_only", action="store_true",
                  help="only count the FLOPs per sample (no compilation, no timing)")
+  p.add_argument("--frames_dtype", choices=["float32", "uint8"], default="float32",
+                 help="frames as the input pipeline ships them: normalised float32, or uint8 "
+                 "normalised inside the step (iib_jax.data's frames_dtype)")
   p.add_argument("--out", default=None, help="write the JSON here")
   args = p.parse_args(argv)
   sizes = common.SIZES[args.size]

@@ -132,7 +132,7 @@ def train_step_record(tmp_path_factory):
   out = str(tmp_path_factory.mktemp("bench") / "train_step.json")
   train_step.main(["--size=tiny", "--configs=standard", "--batch_sizes=4",
                    "--dtypes=bfloat16", "--warmup=0", "--steps=2", "--method_overhead",
-                   f"--out={out}"])
+                   "--frames_dtype=uint8", f"--out={out}"])
   return _load(out)
 
 
@@ -143,7 +143,7 @@ def test_train_step_reports_rates_flops_and_load(train_step_record):
   rows = record["results"]
   assert [r["method"] for r in rows] == ["joint", "iibalance"]
   for r in rows:
-    assert "error" not in r and r["finite"]
+    assert "error" not in r and r["finite"] and r["frames_dtype"] == "uint8"
     assert r["ms_median"] > 0 and r["samples_per_s"] > 0 and r["ms_pipelined"] > 0
     assert r["train_gflops_per_sample"] == pytest.approx(3 * r["forward_gflops_per_sample"])
     assert 0 < r["autodiff_gflops_per_sample"] < r["train_gflops_per_sample"]
