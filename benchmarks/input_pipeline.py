@@ -251,10 +251,47 @@ def tfdata_batches(data_dir: str, image_size: int, batch_size: int, cores: int,
   return ds.repeat().with_options(options).as_numpy_iterator()
 
 
+def stage_times(data_dir: str, image_size: int, batch_size: int, batches: int,
+                frames_dtype: str) -> list[dict[str, Any]]:
+  """ms per clip of the training op list cut after each op (one thread; runs in the child)."""
+  import tensorflow as tf
+
+  from iib_jax import data
+
+  info = data.load_info(data_dir)
+  ops = data.default_ops(info, train=True, stored=["audio", "video"], num_frames=NUM_FRAMES,
+                         image_size=image_size, frames_dtype=frames_dtype)
+  out = []
+  for k in range(1, len(ops) + 1):
+    ds = data.make_tf_dataset(data_dir, "train", batch_size=batch_size, train=True,
+                              ops=ops[:k], modalities={"audio": "audio", "video": "video"},
+                              process_index=0, process_count=1)
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.threading.max_intra_op_parallelism = 1
+    options.autotune.cpu_budget = 1
+    it = ds.repeat().with_options(options).as_numpy_iterator()
+    next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+      next(it)
+    out.append({"up_to": ops[k - 1].op_name,
+                "ms_per_clip": 1e3 * (time.perf_counter() - start) / (batches * batch_size)})
+  return out
+
+
 def measure_child(loader: str, cores: int, paths: dict, image_size: int, batch_size: int,
                   batches: int) -> dict[str, Any]:
   """Runs in the pinned child: one warmup batch, then `batches` timed batches."""
   pinned = _pin(cores)
+  if loader.startswith("stages:"):
+    import tensorflow as tf
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    frames_dtype = loader.split(":", 1)[1]
+    return {"loader": loader, "cores": 1, "pinned_cpus": pinned, "frames_dtype": frames_dtype,
+            "stages": stage_times(paths["data_dir"], image_size, batch_size, batches,
+                                  frames_dtype), "load_avg": common.load_avg()}
   if loader in TFDATA:
     import tensorflow as tf
 
@@ -327,6 +364,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--batches", type=int, default=None, help="timed batches per measurement")
   p.add_argument("--step_rate", type=float, default=common.ANCHOR_STEP_RATE,
                  help="GPU samples/s to feed (default: the issue's anchor, not measured here)")
+  p.add_argument("--stages", action="store_true",
+                 help="also time the tf.data op list cut after each op, on one core, for float32 "
+                 "and uint8 frames (where the time goes)")
   p.add_argument("--out", default=None)
   p.add_argument("--child", default=None, help=argparse.SUPPRESS)
   p.add_argument("--child_cores", type=int, default=1, help=argparse.SUPPRESS)
@@ -364,6 +404,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       if "error" in row:
         print(f"    failed: {row['error'][-300:]}", flush=True)
       rows.append(row)
+  stages = []
+  if args.stages:
+    for frames_dtype in TFDATA.values():
+      print(f"  stages of the tf.data op list, {frames_dtype} frames, 1 core ...", flush=True)
+      stages.append(run_child(f"stages:{frames_dtype}", 1, paths, args.image_size,
+                              args.batch_size, args.batches))
   needed = cores_needed(rows, args.step_rate)
   per_core = {n["loader"]: n["clips_per_s_per_core"] for n in needed}
   # {tf.data loader: {per-item loader: ratio of clips/s per core}}
@@ -371,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    if name not in TFDATA}
             for fast in TFDATA if fast in per_core}
   record = {"benchmark": "input_pipeline", "environment": env, "args": vars(args),
-            "paths": paths, "results": rows, "cores_needed": needed,
+            "paths": paths, "results": rows, "stages": stages, "cores_needed": needed,
             "tfdata_vs_per_item_per_core": ratios.get("tfdata", {}).get("per_item"),
             "tfdata_uint8_vs_per_item_per_core": ratios.get("tfdata_uint8", {}).get("per_item"),
             "tfdata_per_core_ratios": ratios,
@@ -382,6 +428,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   print()
   print(common.table([r for r in rows if "error" not in r], COLUMNS))
   print()
+  for entry in stages:
+    if "error" in entry:
+      print(f"{entry['loader']} failed: {entry['error'][-300:]}")
+      continue
+    print(f"{entry['frames_dtype']} frames, one core, ms per clip up to each op: " + ", ".join(
+        f"{s['up_to']} {s['ms_per_clip']:.2f}" for s in entry["stages"]))
   for fast, against in ratios.items():
     for name, value in against.items():
       print(f"{fast} / {name}, clips/s per core: {value:.2f}× (target ≥ 3×)")

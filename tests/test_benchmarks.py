@@ -205,7 +205,7 @@ def test_input_pipeline_tiny_compares_the_loaders_on_the_same_batches(tmp_path):
   from benchmarks import input_pipeline
   out = str(tmp_path / "input.json")
   input_pipeline.main(["--size=tiny", f"--cache_dir={tmp_path / 'cache'}", "--cores=1",
-                       "--batches=2", f"--out={out}"])
+                       "--batches=2", "--stages", f"--out={out}"])
   record = _load(out)
   _check_environment(record["environment"])
   rows = {r["loader"]: r for r in record["results"]}
@@ -220,6 +220,12 @@ def test_input_pipeline_tiny_compares_the_loaders_on_the_same_batches(tmp_path):
   assert rows["tfdata_uint8"]["batch_shapes"] == tf_shapes
   assert rows["tfdata"]["batch_dtypes"]["video"] == "float32"
   assert rows["tfdata_uint8"]["batch_dtypes"]["video"] == "uint8"
+  stages = {entry["frames_dtype"]: entry["stages"] for entry in record["stages"]}
+  assert [s["up_to"] for s in stages["uint8"]] == [
+      "sample_frames", "crop_audio", "decode_random_resized_crop", "quantize_frames",
+      "flip_left_right"]
+  assert stages["float32"][-1]["up_to"] == "normalize_frames"
+  assert all(s["ms_per_clip"] > 0 for entry in stages.values() for s in entry)
   assert record["tfdata_uint8_vs_per_item_per_core"] == pytest.approx(
       rows["tfdata_uint8"]["clips_per_s"] / rows["per_item"]["clips_per_s"])
   assert record["tfdata_vs_per_item_per_core"] == pytest.approx(
