@@ -566,7 +566,12 @@ CASES = {
     "bmlmi": ({}, MODALITIES),
     "bmlmi_distill": ({"stage": "distill"}, MODALITIES),
 }
-FROZEN = {"udi": ("audio", "fusion"), "udi_fusion": MODALITIES,
+# The same with M = 2 (GGDM above is defined for two modalities only).
+CASES.update({f"{name}_m2": ({**options, "initial_factors": (0.9, 1.1)} if name == "mslr"
+                             else options, MODALITIES[:2])
+              for name, (options, modalities) in list(CASES.items())
+              if len(modalities) == 3 and "_" not in name.replace("ogm_ge", "ogm")})
+FROZEN = {"udi": ("audio", "fusion"), "udi_m2": ("audio", "fusion"), "udi_fusion": MODALITIES,
           "bmlmi_distill": ("audio", "fusion")}
 # Phase parameters the runner sets before a stage (METHODS.md §4.3: teacher and MI test).
 PREPARE = {"bmlmi_distill": lambda s: bmlmi.with_teacher(s, 0, [0.0, 1.0, 1.0])}
@@ -579,7 +584,8 @@ def setups():
   def get(case):
     if case not in cache:
       options, modalities = CASES[case]
-      cache[case] = Setup(case.split("_fusion")[0].split("_distill")[0], options, modalities,
+      method = case.removesuffix("_m2").removesuffix("_fusion").removesuffix("_distill")
+      cache[case] = Setup(method, options, modalities,
                           FROZEN.get(case, ()))
     return cache[case]
 
