@@ -51,8 +51,9 @@ def run_variants(config: ml_collections.ConfigDict, variants: Mapping[str, Mappi
   """Runs every variant (a dict of config overrides) for every seed.
 
   Each run lives in `<root>/seed<s>/<dir_name(variant)>/` with its config.json; a run whose
-  results.json exists is read, not run again; the seed's unimodal phase (`<root>/seed<s>/iib/`)
-  is shared by its variants.
+  results.json exists is read, not run again; a variant whose configuration equals an earlier
+  one's gets that run's results (marked "same_run_as"); the seed's unimodal phase
+  (`<root>/seed<s>/iib/`) is shared by its variants.
 
   Returns:
     {variant: [results.json of each seed]}; each also carries "wall_s" and "seed".
@@ -81,9 +82,20 @@ def run_variants(config: ml_collections.ConfigDict, variants: Mapping[str, Mappi
         writer = writers.MetricWriter(seed_dir, base.modalities)
         budgets = runner.iib_phase(base, data, seed_dir, writer)
         writer.close()
+    trained: dict[str, str] = {}    # a variant's configuration -> the first variant run with it
     for name, variant in variant_configs.items():
       workdir = os.path.join(seed_dir, dirs[name])
       path = os.path.join(workdir, "results.json")
+      same = override(variant, {"seed": seed}).to_json_best_effort(sort_keys=True)
+      first = trained.setdefault(same, name)
+      if not os.path.exists(path) and first != name:
+        # The same configuration as an earlier variant (e.g. the default point of two sweeps):
+        # its results, not a second identical training.
+        with open(os.path.join(seed_dir, dirs[first], "results.json")) as f:
+          out = {**json.load(f), "same_run_as": first}
+        os.makedirs(workdir, exist_ok=True)
+        with open(path, "w") as f:
+          json.dump(out, f, indent=2)
       if not os.path.exists(path):
         cfg = override(variant, {"seed": seed, "workdir": workdir})
         os.makedirs(workdir, exist_ok=True)

@@ -83,8 +83,11 @@ def test_sensitivity_sweeps_tau_and_gamma_and_plots(data_dir, tmp_path):
   with open(root / "sensitivity.md") as f:
     rows = table_rows(f.read())
   assert set(rows) == {"tau=0.07", "tau=1", "gamma=0.5"}
-  # τ = 0.07 and γ = 0.5 are both the default configuration: the same run, the same numbers.
+  # τ = 0.07 and γ = 0.5 are both the default configuration: one run, reported twice.
   assert rows["tau=0.07"] == rows["gamma=0.5"]
+  with open(root / "seed0" / "gamma=0.5" / "results.json") as f:
+    assert json.load(f)["same_run_as"] == "tau=0.07"
+  assert not (root / "seed0" / "gamma=0.5" / "checkpoints").exists()
   assert curves["tau"][0]["agg"]["acc_fused"][0] == pytest.approx(rows["tau=0.07"][0], abs=0.01)
   with open(root / "seed0" / "tau=1" / "config.json") as f:
     assert json.load(f)["methods"]["iibalance"]["tau"] == 1.0
