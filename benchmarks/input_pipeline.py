@@ -234,16 +234,10 @@ def _pin(cores: int) -> list[int]:
   return []
 
 
-def tfdata_batches(data_dir: str, image_size: int, batch_size: int, cores: int,
-                   frames_dtype: str = "float32"):
+def _on_cores(ds, cores: int):
+  """`ds`, repeated, with a private pool of `cores` threads and an autotune budget of `cores`."""
   import tensorflow as tf
 
-  from iib_jax import data
-
-  ds = data.make_tf_dataset(data_dir, "train", batch_size=batch_size, train=True,
-                            num_frames=NUM_FRAMES, image_size=image_size,
-                            modalities={"audio": "audio", "video": "video"},
-                            frames_dtype=frames_dtype, process_index=0, process_count=1)
   options = tf.data.Options()
   options.threading.private_threadpool_size = cores
   options.threading.max_intra_op_parallelism = 1
@@ -251,11 +245,20 @@ def tfdata_batches(data_dir: str, image_size: int, batch_size: int, cores: int,
   return ds.repeat().with_options(options).as_numpy_iterator()
 
 
+def tfdata_batches(data_dir: str, image_size: int, batch_size: int, cores: int,
+                   frames_dtype: str = "float32"):
+  from iib_jax import data
+
+  ds = data.make_tf_dataset(data_dir, "train", batch_size=batch_size, train=True,
+                            num_frames=NUM_FRAMES, image_size=image_size,
+                            modalities={"audio": "audio", "video": "video"},
+                            frames_dtype=frames_dtype, process_index=0, process_count=1)
+  return _on_cores(ds, cores)
+
+
 def stage_times(data_dir: str, image_size: int, batch_size: int, batches: int,
                 frames_dtype: str) -> list[dict[str, Any]]:
   """ms per clip of the training op list cut after each op (one thread; runs in the child)."""
-  import tensorflow as tf
-
   from iib_jax import data
 
   info = data.load_info(data_dir)
@@ -266,11 +269,7 @@ def stage_times(data_dir: str, image_size: int, batch_size: int, batches: int,
     ds = data.make_tf_dataset(data_dir, "train", batch_size=batch_size, train=True,
                               ops=ops[:k], modalities={"audio": "audio", "video": "video"},
                               process_index=0, process_count=1)
-    options = tf.data.Options()
-    options.threading.private_threadpool_size = 1
-    options.threading.max_intra_op_parallelism = 1
-    options.autotune.cpu_budget = 1
-    it = ds.repeat().with_options(options).as_numpy_iterator()
+    it = _on_cores(ds, 1)
     next(it)
     start = time.perf_counter()
     for _ in range(batches):
@@ -284,19 +283,17 @@ def measure_child(loader: str, cores: int, paths: dict, image_size: int, batch_s
                   batches: int) -> dict[str, Any]:
   """Runs in the pinned child: one warmup batch, then `batches` timed batches."""
   pinned = _pin(cores)
-  if loader.startswith("stages:"):
+  if loader in TFDATA or loader.startswith("stages:"):
     import tensorflow as tf
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+    tf.config.threading.set_inter_op_parallelism_threads(cores)
     tf.config.threading.set_intra_op_parallelism_threads(1)
+  if loader.startswith("stages:"):
     frames_dtype = loader.split(":", 1)[1]
     return {"loader": loader, "cores": 1, "pinned_cpus": pinned, "frames_dtype": frames_dtype,
             "stages": stage_times(paths["data_dir"], image_size, batch_size, batches,
                                   frames_dtype), "load_avg": common.load_avg()}
   if loader in TFDATA:
-    import tensorflow as tf
-
-    tf.config.threading.set_inter_op_parallelism_threads(cores)
-    tf.config.threading.set_intra_op_parallelism_threads(1)
     it = tfdata_batches(paths["data_dir"], image_size, batch_size, cores, TFDATA[loader])
   else:
     it = per_item_batches(paths["item_dir"], image_size, batch_size, LOADERS[loader])

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common, flops as flops_lib
-from iib_jax import methods as methods_lib
+from iib_jax import methods as methods_lib, schema
 from iib_jax.models import build_model
 from iib_jax.models.encoders import ENCODER_INPUT
 from iib_jax.state import count_params, make_state_init
@@ -289,7 +289,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                  help="each (config, batch, dtype) in its own process")
   p.add_argument("--flops_only", action="store_true",
                  help="only count the FLOPs per sample (no compilation, no timing)")
-  p.add_argument("--frames_dtype", choices=["float32", "uint8"], default="float32",
+  p.add_argument("--frames_dtype", choices=schema.FRAMES_DTYPES, default="float32",
                  help="frames as the input pipeline ships them: normalised float32, or uint8 "
                  "normalised inside the step (iib_jax.data's frames_dtype)")
   p.add_argument("--out", default=None, help="write the JSON here")

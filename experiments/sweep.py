@@ -1,8 +1,8 @@
 """Several variants × seeds on one dataset, sharing each seed's unimodal (IIB) phase.
 
 Layout: `<root>/seed<s>/iib/` (budgets, shared by every variant of that seed) and
-`<root>/seed<s>/<dir_name(variant)>/` (one run directory each, with its config.json). A variant whose `results.json` exists is not
-run again, so an interrupted sweep resumes where it stopped.
+`<root>/seed<s>/<dir_name(variant)>/` (one run directory each, with its config.json). A variant
+whose `results.json` exists is not run again, so an interrupted sweep resumes where it stopped.
 """
 from __future__ import annotations
 

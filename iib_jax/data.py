@@ -39,7 +39,7 @@ except (RuntimeError, ValueError):  # already initialised by the caller: leave i
   pass
 
 AUTOTUNE = tf.data.AUTOTUNE
-FRAMES_DTYPES = ("float32", "uint8")
+FRAMES_DTYPES = schema.FRAMES_DTYPES
 __all__ = ["load_info", "make_dataset", "make_tf_dataset", "num_batches", "host_files",
            "audio_normalization", "Batches"]
 

@@ -170,18 +170,20 @@ def _resize(images: tf.Tensor, size: int, stored_shape: tf.TensorShape) -> tf.Te
 def _random_resized_crop_op(name: str, size: int, scale, ratio, per_frame: bool, shape_of,
                             window, stored_shape) -> Op:
   """The RandomResizedCrop op over frames read through `shape_of(frame)` ([H, W, C]) and
-  `window(frame, begin, crop_size)` (the box's pixels); `stored_shape(frames)` decides
+  `window(frame, begin, crop_size, shape)` (the box's pixels); `stored_shape(frames)` decides
   antialiasing. The boxes are drawn from the seeds of 'random_resized_crop' whatever `name`."""
 
   @_named(name)
   def op(ex: Example, seed: tf.Tensor) -> Example:
     frames = ex["video"]
     num_frames = frames.shape[0]
-    boxes = [_sample_box(shape_of(frames[t if per_frame else 0]), scale, ratio,
+    shapes = [shape_of(frames[t]) for t in range(num_frames if per_frame else 1)]
+    boxes = [_sample_box(shape, scale, ratio,
                          _op_seed(seed, "random_resized_crop", t) if per_frame
                          else _op_seed(seed, "random_resized_crop"))
-             for t in range(num_frames if per_frame else 1)]
-    crops = [window(frames[t], *boxes[t if per_frame else 0]) for t in range(num_frames)]
+             for t, shape in enumerate(shapes)]
+    crops = [window(frames[t], *boxes[t if per_frame else 0], shapes[t if per_frame else 0])
+             for t in range(num_frames)]
     if per_frame:   # boxes of different sizes: one resize each
       video = tf.stack([_resize(crop, size, stored_shape(frames)) for crop in crops])
     else:
@@ -202,21 +204,26 @@ def random_resized_crop(size: int = 224, scale: Sequence[float] = (0.08, 1.0),
   after 10 failed draws (torchvision: a centre crop).
   """
   return _random_resized_crop_op("random_resized_crop", size, scale, ratio, per_frame,
-                                 shape_of=tf.shape, window=tf.slice,
+                                 shape_of=tf.shape,
+                                 window=lambda frame, begin, crop_size, shape: tf.slice(
+                                     frame, begin, crop_size),
                                  stored_shape=lambda frames: frames.shape[1:])
 
 
 _BOX_MARGIN = 2
 
 
-def _decode_window(jpeg: tf.Tensor, begin: tf.Tensor, crop_size: tf.Tensor) -> tf.Tensor:
+def _decode_window(jpeg: tf.Tensor, begin: tf.Tensor, crop_size: tf.Tensor,
+                   shape: Optional[tf.Tensor] = None) -> tf.Tensor:
   """The pixels [begin : begin + crop_size] (3-vectors, as from `_sample_box`) of a JPEG, the
-  same as a full decode's, decoding only that window and a margin around it."""
+  same as a full decode's, decoding only that window and a margin around it. `shape`: the
+  JPEG's [H, W, C] if already read from its header."""
   # libjpeg's chroma upsampling reads the neighbours of a window's edge pixels: decode a
   # margin around the box and cut it off, so that the box has the pixels of a full decode.
-  shape = tf.io.extract_jpeg_shape(jpeg)[:2]
+  if shape is None:
+    shape = tf.io.extract_jpeg_shape(jpeg)
   start = tf.maximum(begin[:2] - _BOX_MARGIN, 0)
-  stop = tf.minimum(begin[:2] + crop_size[:2] + _BOX_MARGIN, shape)
+  stop = tf.minimum(begin[:2] + crop_size[:2] + _BOX_MARGIN, shape[:2])
   window = tf.concat([start, stop - start], 0)
   image = tf.io.decode_and_crop_jpeg(jpeg, window, channels=3, dct_method="INTEGER_ACCURATE")
   return tf.slice(image, tf.concat([begin[:2] - start, [0]], 0), crop_size)

@@ -89,6 +89,9 @@ KS_FBANK_STD = 5.141276
 # ImageNet statistics used by every reference implementation for the frames (METHODS.md §1.3).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# How frames leave the input pipeline: ImageNet-normalised float32, or uint8 in [0, 255] that
+# the model normalises on the device.
+FRAMES_DTYPES = ("float32", "uint8")
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from iib_jax import schema
 from iib_jax.methods import (METHODS, MethodSpec, agm, bmlmi, gblending, ggdm, greedy, mmpareto,
                              mslr, ogm_ge, pmr, udi)
 from iib_jax.methods.iibalance import DEFAULTS as IIB_DEFAULTS
@@ -106,8 +107,8 @@ def validate(config: ml_collections.ConfigDict, *, check_data: bool = True) -> N
     encoder = config.model.encoders[modality]
     if encoder not in ENCODERS:
       _fail(f"model.encoders.{modality}", encoder, ", ".join(sorted(ENCODERS)))
-  if config.data.frames_dtype not in ("float32", "uint8"):
-    _fail("data.frames_dtype", config.data.frames_dtype, "float32, uint8")
+  if config.data.frames_dtype not in schema.FRAMES_DTYPES:
+    _fail("data.frames_dtype", config.data.frames_dtype, ", ".join(schema.FRAMES_DTYPES))
   if config.model.dtype not in DTYPES:
     _fail("model.dtype", config.model.dtype, ", ".join(DTYPES))
   if config.model.encoder_size not in ("full", "tiny"):
