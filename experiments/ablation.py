@@ -1,12 +1,11 @@
-"""Table II: IIBalance against its ablations, on one dataset, over seeds.
+"""Table II: the studied method against its ablations, on one dataset, over seeds.
 
   python -m experiments.ablation --seeds=3 --root=runs/ablation          # synthetic data
   python -m experiments.ablation --config=experiments/configs/kinetics_sounds.py \
       --config.data.dir=/data/prepared/kinetics_sounds --root=runs/ks_ablation
 
-Variants (docs/FIDELITY.md, point 12): uniform β in the fusion (anchor and λ_m still from the
-budgets); no Stage I alignment (λ_m = 0, so Stage I is the unimodal cross-entropies alone); Stage II
-replaced by a fixed fusion rule (`--fixed_rule`: the mean of the features, or the prior β).
+Variants: `experiments/configs/sweeps.py` (`ablation`; `--fixed_rule` picks the fixed fusion rule
+of "w/o Stage II": the mean of the features, or the prior β).
 Writes `<root>/table2.md` and `<root>/table2.json`.
 """
 from __future__ import annotations
@@ -26,25 +25,17 @@ flags.DEFINE_string("root", "runs/ablation", "sweep directory")
 flags.DEFINE_enum("fixed_rule", "mean", ["mean", "prior"], "the fixed rule of 'w/o Stage II'")
 
 
-def variants(fixed_rule: str) -> dict:
-  return {
-      "IIBalance": {},
-      "w/o IIB prior": {"methods.iibalance.prior": "uniform"},
-      "w/o Stage I (PRA)": {"methods.iibalance.stage_one": False},
-      f"w/o Stage II (fixed {fixed_rule} fusion)": {"methods.iibalance.fusion_rule": fixed_rule},
-  }
-
-
 def main(_):
   from absl import logging
   logging.set_verbosity(logging.WARNING)
   from experiments import report, sweep
+  from experiments.configs import sweeps
+  plan = sweeps.ablation(flags.FLAGS.fixed_rule)
   config = flags.FLAGS.config
-  config.method = "iibalance"
+  config.method = plan.method
   config.compare_with = ()
   t0 = time.time()
-  results = sweep.run_variants(config, variants(flags.FLAGS.fixed_rule),
-                               range(flags.FLAGS.seeds), flags.FLAGS.root)
+  results = sweep.run_variants(config, plan.variants, range(flags.FLAGS.seeds), flags.FLAGS.root)
   table = sweep.markdown_table(results, config.modalities, label="Variant")
   text = (f"## Table II ({config.data.name}): test accuracy (%), mean ± std over seeds\n\n{table}\n"
           + report.footer("python -m experiments.ablation", time.time() - t0))
@@ -57,4 +48,7 @@ def main(_):
 
 
 if __name__ == "__main__":
+  import sys
+  from experiments import cli
+  cli.check_config_flags(sys.argv[1:], os.path.join(_HERE, "configs", "synthetic.py"))
   app.run(main)

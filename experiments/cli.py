@@ -1,30 +1,81 @@
-"""Command-line entry shared by the dataset commands: `--config` (ml_collections) and `--workdir`.
+"""Command-line entry shared by the commands: `--config` (ml_collections) and `--workdir`.
 
   python -m experiments.kinetics_sounds --config.data.dir=/data/ks --config.seed=1
   python -m experiments.kinetics_sounds --config=experiments/configs/kinetics_sounds.py:smoke
 
-With no `--config.data.dir` the command runs the synthetic demonstration.
+With no `--config.data.dir` the command runs the synthetic demonstration. A mistyped config key
+stops the command before anything runs, with one line: the key, the closest valid key and the
+valid keys at that level (`check_config_flags`).
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
+from typing import Sequence
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def load_config_file(spec: str):
+  """The config of a `--config` value, `path/to/config.py[:arg]`, as ml_collections loads it."""
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_config_file", path)
+  if module_spec is None or not os.path.exists(path):
+    raise FileNotFoundError(f"config file not found: {path}")
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _config_keys(argv: Sequence[str], name: str) -> list[str]:
+  """The dotted keys given as `--<name>.<key>=value` or `--<name>.<key> value`."""
+  keys = []
+  for arg in argv:
+    if arg.startswith(f"--{name}."):
+      keys.append(arg[len(name) + 3:].split("=", 1)[0])
+  return keys
+
+
+def check_config_flags(argv: Sequence[str], default_file: str, name: str = "config") -> None:
+  """Exits with one line naming the first unknown `--config.<key>` of `argv` (status 2)."""
+  from experiments.configs import common
+  keys = _config_keys(argv, name)
+  if not keys:
+    return
+  spec = default_file
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{name}="):
+      spec = arg.split("=", 1)[1]
+    elif arg == f"--{name}" and i + 1 < len(argv):
+      spec = argv[i + 1]
+  try:
+    config = load_config_file(spec)
+  except Exception as e:  # the flag parser reports a broken config file itself
+    del e
+    return
+  for key in keys:
+    problem = common.missing_key(config, key)
+    if problem:
+      sys.stderr.write(f"error: {problem}\n")
+      sys.exit(2)
 
 
 def run(dataset: str) -> None:
   argv = sys.argv[1:]
+  default_file = os.path.join(HERE, "configs", f"{dataset}.py")
+  check_config_flags(argv, default_file)
   if not any(a.startswith("--config.data.dir") and a.split("=", 1)[-1] for a in argv):
     # Said before anything heavy is imported, so it is the first line a new user sees.
     print("No --config.data.dir given: running the synthetic demonstration "
-          "(IIBalance vs joint training on a generated audio-visual dataset).", flush=True)
+          "(the configured method and its comparisons on a generated audio-visual dataset).",
+          flush=True)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
   from absl import app, flags
   from ml_collections import config_flags
 
-  here = os.path.dirname(os.path.abspath(__file__))
-  config_flags.DEFINE_config_file("config", os.path.join(here, "configs", f"{dataset}.py"),
-                                  "experiment config", lock_config=True)
+  config_flags.DEFINE_config_file("config", default_file, "experiment config", lock_config=True)
   flags.DEFINE_string("workdir", None, "run directory (overrides config.workdir)")
 
   def main(_):

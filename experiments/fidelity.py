@@ -21,30 +21,18 @@ config_flags.DEFINE_config_file("config", os.path.join(_HERE, "configs", "synthe
 flags.DEFINE_integer("seeds", 3, "number of seeds (0 .. seeds-1)")
 flags.DEFINE_string("root", "runs/fidelity", "sweep directory")
 
-VARIANTS = {
-    "cosine, detached w": {"methods.iibalance.similarity": "cosine",
-                           "methods.iibalance.detach_weights_in_aux": True},
-    "dot, detached w": {"methods.iibalance.similarity": "dot",
-                        "methods.iibalance.detach_weights_in_aux": True},
-    "cosine, gradient into w": {"methods.iibalance.similarity": "cosine",
-                                "methods.iibalance.detach_weights_in_aux": False},
-    "dot, gradient into w": {"methods.iibalance.similarity": "dot",
-                             "methods.iibalance.detach_weights_in_aux": False},
-    "cosine, detached w, warm start": {"methods.iibalance.similarity": "cosine",
-                                       "methods.iibalance.detach_weights_in_aux": True,
-                                       "iib.warm_start": True},
-}
-
 
 def main(_):
   from absl import logging
   logging.set_verbosity(logging.WARNING)
   from experiments import report, sweep
+  from experiments.configs import sweeps
+  plan = sweeps.fidelity()
   config = flags.FLAGS.config
-  config.method = "iibalance"
+  config.method = plan.method
   config.compare_with = ()
   t0 = time.time()
-  results = sweep.run_variants(config, VARIANTS, range(flags.FLAGS.seeds), flags.FLAGS.root)
+  results = sweep.run_variants(config, plan.variants, range(flags.FLAGS.seeds), flags.FLAGS.root)
   table = sweep.markdown_table(results, config.modalities, label="PRA similarity, Eq. 11")
   text = f"{table}\n" + report.footer("python -m experiments.fidelity", time.time() - t0)
   os.makedirs(flags.FLAGS.root, exist_ok=True)
@@ -54,4 +42,7 @@ def main(_):
 
 
 if __name__ == "__main__":
+  import sys
+  from experiments import cli
+  cli.check_config_flags(sys.argv[1:], os.path.join(_HERE, "configs", "synthetic.py"))
   app.run(main)

@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -31,7 +31,7 @@ def accuracy_curves(records: Sequence[Mapping], modalities: Sequence[str], path:
     modalities: modality names.
     path: PNG to write.
   """
-  plt = _pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(6.4, 4.0))
   val = [r for r in records if r.get("split") == "val" and r.get("phase") == "multimodal"]
   if val:
@@ -58,7 +58,7 @@ def accuracy_curves(records: Sequence[Mapping], modalities: Sequence[str], path:
 def prior_vs_weights(modalities: Sequence[str], beta: Sequence[float],
                      weights: Sequence[float], path: str, title: str = "") -> str:
   """The IIB prior β beside the averaged fusion weights per modality (the paper's Fig. 3)."""
-  plt = _pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(5.0, 3.6))
   x = np.arange(len(modalities))
   ax.bar(x - 0.18, beta, width=0.36, label="IIB prior β")
@@ -80,7 +80,7 @@ def prior_vs_weights(modalities: Sequence[str], beta: Sequence[float],
 def weight_distribution(modalities: Sequence[str], weights: np.ndarray, path: str,
                         title: str = "") -> str:
   """Histogram of the per-sample fusion weights of each modality ([N, M])."""
-  plt = _pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(6.0, 3.6))
   bins = np.linspace(0, 1, 41)
   for i, m in enumerate(modalities):

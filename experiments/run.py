@@ -4,107 +4,30 @@
 `config.json`, `metrics.jsonl`, TensorBoard events, `checkpoints/{latest,best}`, `iib/budgets.json`,
 `results.json`, `results.md` and the plots. Starting again with the same workdir resumes: the unimodal
 phase is reused once finished, and training continues from the latest checkpoint.
+
+The driver knows no method by name: it trains whatever `config.method` names through the method's
+own record (`iib_jax.methods`): its compiled-step functions, its hooks between epochs, and, for a
+method trained in stages, its `train` entry, which calls back `Stages.train_stage` per stage.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
-from experiments import phases, plots
+from experiments import build, plots
 from experiments.configs import common
-from iib_jax import checkpoint, estimate, loop, methods, state as state_lib, train, writers
-from iib_jax.models import build_model
+from iib_jax import build as lib_build
+from iib_jax import budget, checkpoint, estimate, loop, methods, state as state_lib, train
+from iib_jax import writers
 
-MODEL_FIELDS = ("gate_hidden", "gate_pool", "detach_uncertainty", "detach_gate_features")
-
-
-def log(message: str) -> None:
-  print(message, flush=True)
-
-
-# ----------------------------------------------------------------------------------------------
-# Data and devices
-
-
-class Data:
-  """The prepared dataset as the runner needs it: batches per split, sharded onto the mesh."""
-
-  def __init__(self, config: ml_collections.ConfigDict, data_dir: str, mesh_info: "Devices"):
-    from iib_jax import data as data_lib          # TensorFlow is imported here, not earlier
-    self._lib = data_lib
-    self.dir = data_dir
-    self.config = config
-    self.devices = mesh_info
-    self.info = data_lib.load_info(data_dir)
-    self.num_classes = int(self.info["num_classes"])
-
-  def _options(self) -> dict[str, Any]:
-    c = self.config.data
-    return dict(modalities={m: m for m in self.config.modalities}, num_frames=c.num_frames,
-                image_size=c.image_size, audio_frames=c.audio_frames, audio_norm=c.audio_norm,
-                frames_dtype=c.get("frames_dtype", "float32"))
-
-  def num_examples(self, split: str) -> int:
-    return int(self.info["splits"][split])
-
-  def steps_per_epoch(self) -> int:
-    return self.num_examples("train") // self.config.optim.batch_size
-
-  def train(self, epoch: int, seed: int):
-    ds = self._lib.make_dataset(self.dir, "train", batch_size=self.config.optim.batch_size,
-                                train=True, seed=seed, epoch=epoch, **self._options())
-    return self.devices.put(ds)
-
-  def eval(self, split: str):
-    # Evaluation pads its last batch anyway, so round the batch up to fill every device.
-    size = -(-self.config.eval.batch_size // self.devices.count) * self.devices.count
-    ds = self._lib.make_dataset(self.dir, split, batch_size=size, train=False, **self._options())
-    return self.devices.put(ds)
-
-  def example(self) -> dict[str, np.ndarray]:
-    ds = self._lib.make_dataset(self.dir, "validation", batch_size=2, train=False,
-                                **self._options())
-    return next(iter(ds))
-
-
-class Devices:
-  """One mesh with a "data" axis over every visible device: state replicated, batch sharded."""
-
-  def __init__(self):
-    from iib_jax import sharding
-    self._sharding = sharding
-    self.mesh = sharding.data_mesh()
-    self.replicated = sharding.replicated_sharding(self.mesh)
-    self.batch = sharding.batch_sharding(self.mesh)
-    self.count = self.mesh.size
-
-  def put(self, batches):
-    """Host batches → global arrays on the batch sharding, two batches ahead (clip ids and other
-    non-numeric keys stay on the host)."""
-    return self._sharding.prefetch_to_device(batches, self.batch, size=2)
-
-
-# ----------------------------------------------------------------------------------------------
-# One training phase
-
-
-def _model(config, modalities, num_classes, method: methods.Method):
-  fields = {k: config.model[k] for k in MODEL_FIELDS}
-  fields.update(method.model)
-  return build_model(modalities, dict(config.model.encoders), num_classes,
-                     feature_dim=config.model.feature_dim, encoder_size=config.model.encoder_size,
-                     dtype=config.model.dtype, **fields)
-
-
-def _tx(config):
-  o = config.optim
-  return train.make_optimizer(o.name, o.learning_rate, o.weight_decay, o.momentum)
+log = build.log
 
 
 def _param_report(params) -> str:
@@ -112,8 +35,17 @@ def _param_report(params) -> str:
   return ", ".join(f"{k} {v / 1e6:.3f}M" for k, v in counts.items())
 
 
-def iib_phase(config, data: Data, workdir: str, writer: writers.MetricWriter) -> dict[str, Any]:
-  """The unimodal phase: trains every modality alone, then B_m, β, anchor, λ (reused if done)."""
+# ----------------------------------------------------------------------------------------------
+# The unimodal phase
+
+
+def unimodal_phase(config, data: build.Data, workdir: str,
+                   writer: writers.MetricWriter) -> dict[str, Any]:
+  """Trains every modality alone, then B_m, β, anchor and λ (reused when done).
+
+  The record's β, anchor and λ are at the paper's τ = 0.07, for reading; a method that uses the
+  budgets computes its own β from B_m with its own temperature.
+  """
   iib_dir = os.path.join(workdir, "iib")
   path = os.path.join(iib_dir, "budgets.json")
   if os.path.exists(path):
@@ -123,11 +55,11 @@ def iib_phase(config, data: Data, workdir: str, writer: writers.MetricWriter) ->
     return record
   os.makedirs(iib_dir, exist_ok=True)
   modalities = tuple(config.modalities)
-  spec = methods.MethodSpec(modalities, data.num_classes, config.model.feature_dim,
-                            data.steps_per_epoch(), config.iib.epochs)
-  method = methods.get_method("unimodal", {}, spec)
-  model = _model(config, modalities, data.num_classes, method)
-  tx = _tx(config)
+  spec = lib_build.method_spec(config, data.num_classes, data.steps_per_epoch(),
+                               config.iib.epochs)
+  method = methods.get_method("unimodal", None, spec)
+  model = lib_build.model(config, data.num_classes, method)
+  tx = lib_build.optimizer(config)
   dev = data.devices
   state = state_lib.create_train_state(model, tx, method, jax.random.key(config.seed + 1),
                                        data.example(), sharding=dev.replicated)
@@ -155,8 +87,7 @@ def iib_phase(config, data: Data, workdir: str, writer: writers.MetricWriter) ->
   for m in modalities:
     summary[m]["test_acc"] = test[f"acc_{m}"]
   record = estimate.estimate_budgets(eval_step, state, data.eval(split), modalities,
-                                     tau=config.methods.iibalance.tau, split=split,
-                                     unimodal=summary)
+                                     tau=budget.PAPER_TAU, split=split, unimodal=summary)
   ckpt = checkpoint.Checkpointer(iib_dir)
   ckpt.save("best", 0, {"params": state.params, "batch_stats": state.batch_stats}, record)
   ckpt.close()
@@ -169,47 +100,54 @@ def iib_phase(config, data: Data, workdir: str, writer: writers.MetricWriter) ->
 
 def warm_start(config, name: str) -> bool:
   """Whether method `name` starts its encoders from the unimodal phase: `iib.warm_start` for
-  every method, or the method's own `warm_start` option (IIBalance's default, docs/FIDELITY.md)."""
-  return bool(config.iib.warm_start or config.methods.get(name, {}).get("warm_start", False))
+  every method, or the method's own `warm_start` option (docs/FIDELITY.md)."""
+  options = lib_build.method_options(config, name)
+  return bool(config.iib.warm_start or getattr(options, "warm_start", False))
 
 
-def _warm_start(state, iib_dir, modalities):
-  """Copies each modality's branch from the unimodal phase into a fresh multimodal state."""
-  ckpt = checkpoint.Checkpointer(iib_dir)
-  abstract = {"params": {m: state.params[m] for m in modalities},
-              "batch_stats": {m: state.batch_stats[m] for m in modalities
-                              if m in state.batch_stats}}
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                          abstract)
-  ckpt_state = ckpt._managers["best"].restore(0, args=checkpoint.ocp.args.Composite(
-      state=checkpoint.ocp.args.StandardRestore(abstract)))["state"]
-  ckpt.close()
-  return state.replace(params={**state.params, **ckpt_state["params"]},
-                       batch_stats={**state.batch_stats, **ckpt_state["batch_stats"]})
+def needs_unimodal_phase(config, name: str) -> bool:
+  """Whether training method `name` needs the unimodal phase first (its budgets, its models)."""
+  return methods.definition(name).needs_budgets or warm_start(config, name)
 
 
-def train_method(config, name: str, data: Data, workdir: str,
-                 budgets: Mapping[str, Any] | None, iib_dir: str | None = None,
-                 stage: phases.Stage | None = None) -> dict[str, Any]:
+# ----------------------------------------------------------------------------------------------
+# One training phase
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One stage of a method trained in stages.
+
+  Attributes:
+    frozen: top-level parameter groups (modality names, "fusion") the optimiser keeps fixed.
+    hooks: Context -> Hooks of this stage (instead of the method's own).
+  """
+  frozen: tuple[str, ...] = ()
+  hooks: Callable[[Any], methods.Hooks] | None = None
+
+
+def train_method(config, name: str, data: build.Data, workdir: str,
+                 budgets: Mapping[str, Any] | None, unimodal_dir: str | None = None,
+                 stage: Stage | None = None) -> dict[str, Any]:
   """Trains one method, selects its best epoch on validation, evaluates best and last on test.
 
-  `iib_dir` holds the unimodal phase (for `iib.warm_start`); default `<workdir>/iib`. A method
-  trained in stages (`phases.RUNNERS`) calls back here once per `stage`.
+  `unimodal_dir` is the unimodal phase's directory (its `budgets.json` and `checkpoints/best`,
+  for warm starts and staged methods); default `<workdir>/iib`. A method trained in stages runs
+  its own `train`, which calls back here once per stage.
   """
-  if stage is None and name in phases.RUNNERS:
-    return phases.RUNNERS[name](phases.Run(train_method, config, name, data, workdir, budgets,
-                                           iib_dir or os.path.join(workdir, "iib")))
+  definition = methods.definition(name)
+  unimodal_dir = unimodal_dir or os.path.join(workdir, "iib")
+  options = lib_build.method_options(config, name)
+  if stage is None and definition.train is not None:
+    return definition.train(Stages(config, name, data, workdir, budgets, unimodal_dir), options)
   os.makedirs(workdir, exist_ok=True)
   modalities = tuple(config.modalities)
   epochs = config.optim.epochs
-  spec = methods.MethodSpec(modalities, data.num_classes, config.model.feature_dim,
-                            data.steps_per_epoch(), epochs,
-                            tuple(budgets["budgets"]) if budgets else None)
-  method = methods.get_method(name, phases.method_options(config, name), spec)
-  model = _model(config, modalities, data.num_classes, method)
-  tx = _tx(config)
-  if stage is not None and stage.frozen:
-    tx = methods.base.freeze_branches(tx, stage.frozen)
+  spec = lib_build.method_spec(config, data.num_classes, data.steps_per_epoch(), epochs,
+                               budgets)
+  method = definition.build(options, spec)
+  model = lib_build.model(config, data.num_classes, method)
+  tx = lib_build.optimizer(config, stage.frozen if stage is not None else ())
   dev = data.devices
   writer = writers.MetricWriter(workdir, modalities)
   ckpt = checkpoint.Checkpointer(workdir)
@@ -218,10 +156,8 @@ def train_method(config, name: str, data: Data, workdir: str,
   rng = jax.random.key(config.seed)
   start_epoch, best = 0, {"epoch": -1, "acc_fused": -1.0}
   if ckpt.epoch("latest") is not None:
-    abstract = jax.eval_shape(lambda: init(rng, example))
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dev.replicated), abstract)
-    state, record = ckpt.restore("latest", abstract)
+    template = checkpoint.abstract(jax.eval_shape(lambda: init(rng, example)), dev.replicated)
+    state, record = ckpt.restore("latest", template)
     start_epoch = record["epoch"] + 1
     best = record["best"]
     writer.truncate_after("multimodal", record["epoch"])
@@ -229,18 +165,17 @@ def train_method(config, name: str, data: Data, workdir: str,
   else:
     state = init(rng, example)
     if warm_start(config, name) and stage is None:   # a stage loads its own branches
-      state = _warm_start(state, iib_dir or os.path.join(workdir, "iib"), modalities)
+      state = checkpoint.restore_branches(state, unimodal_dir, modalities)
   log(f"[{name}] parameters: {_param_report(state.params)}")
   train_step = train.make_train_step(model, tx, method, state_sharding=dev.replicated,
                                      batch_sharding=dev.batch)
   eval_step = train.make_eval_step(model, method, state_sharding=dev.replicated,
                                    batch_sharding=dev.batch)
-  context = phases.Context(config=config, data=data, workdir=workdir, model=model, method=method,
-                           tx=tx, train_step=train_step, eval_step=eval_step, spec=spec,
-                           budgets=budgets)
-  hooks = (stage.hooks(context) if stage is not None and stage.hooks is not None
-           else phases.hooks(name, context))
-  eval_step = hooks.eval_step or eval_step
+  context = build.Context(config=config, options=options, data=data, workdir=workdir,
+                          model=model, method=method, spec=spec, train_step=train_step,
+                          eval_step=eval_step, seed=int(config.seed))
+  make_hooks = stage.hooks if stage is not None and stage.hooks is not None else method.hooks
+  hooks = make_hooks(context) if make_hooks is not None else methods.Hooks()
   train_batches = hooks.train_batches or (lambda e: data.train(e, config.seed))
   if start_epoch == 0:
     state = hooks.before_training(state)
@@ -269,9 +204,7 @@ def train_method(config, name: str, data: Data, workdir: str,
                         show_progress=config.progress)
 
   test_last = loop.collect(eval_step, state, data.eval("test"))
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                          state)
-  best_state, best_record = ckpt.restore("best", abstract)
+  best_state, best_record = ckpt.restore("best", checkpoint.abstract(state))
   test_best = loop.collect(eval_step, best_state, data.eval("test"))
   results = {
       "method": name,
@@ -292,6 +225,72 @@ def train_method(config, name: str, data: Data, workdir: str,
   ckpt.close()
   plots.save_all(workdir, modalities)
   return results
+
+
+class Stages:
+  """`iib_jax.methods.base.Stages`: what a method trained in stages uses. Earlier stages run in
+  `<workdir>/stages/<stage>`; the last one in the workdir, so the run directory looks like any
+  other (checkpoints/best, results.json)."""
+
+  def __init__(self, config, name: str, data: build.Data, workdir: str,
+               budgets: Mapping[str, Any] | None, unimodal_dir: str):
+    self.config, self.name, self.data, self.workdir = config, name, data, workdir
+    self.budgets = budgets
+    self.modalities = tuple(config.modalities)
+    self.unimodal_dir = unimodal_dir
+    if budgets is None or not os.path.exists(os.path.join(self.unimodal_dir, "budgets.json")):
+      raise ValueError(f"{name} needs the unimodal phase in {self.unimodal_dir}: train it "
+                       "through experiments.run or experiments.sweep, which run it first")
+    self._unimodal: build.UnimodalModels | None = None
+
+  def train_stage(self, overrides, workdir, *, frozen=(), hooks=None):
+    config = common.override(self.config, overrides)
+    path = os.path.join(workdir, "results.json")
+    if workdir != self.workdir and os.path.exists(path):
+      with open(path) as f:
+        return json.load(f)
+    os.makedirs(workdir, exist_ok=True)
+    if workdir != self.workdir:
+      # The stage's own config, so `experiments.evaluate` can rebuild its model.
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    return train_method(config, self.name, self.data, workdir, self.budgets, self.unimodal_dir,
+                        Stage(tuple(frozen), hooks))
+
+  def _models(self) -> build.UnimodalModels:
+    if self._unimodal is None:
+      self._unimodal = build.UnimodalModels(self.config, self.data, self.unimodal_dir)
+    return self._unimodal
+
+  def unimodal_outputs(self, split):
+    return self._models().outputs(split)
+
+  def unimodal_features(self, split):
+    return self._models().features(split)
+
+  def load_branches(self, state, source, groups, which="best"):
+    return checkpoint.restore_branches(state, source, groups, which)
+
+  def put(self, tree):
+    return self.data.devices.replicate(tree)
+
+  def log(self, message):
+    log(message)
+
+  def record(self, name, compute):
+    path = os.path.join(self.workdir, "stages", f"{name}.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        return json.load(f)
+    record = compute()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    estimate.write_json(path, record)
+    return record
+
+  def finish(self, results, stages):
+    results = {**results, "stages": dict(stages)}
+    estimate.write_json(os.path.join(self.workdir, "results.json"), results)
+    return results
 
 
 # ----------------------------------------------------------------------------------------------
@@ -353,7 +352,7 @@ def main(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Runs the whole experiment described by `config`; returns the results per method."""
   config = ml_collections.ConfigDict(config.to_dict())        # unlocked private copy
   if not config.data.dir:
-    config = _synthetic_demo(config)
+    config = synthetic_demo(config)
   common.validate(config)
   if not config.workdir:
     config.workdir = os.path.join("runs", f"{config.data.name}_{config.method}_seed{config.seed}")
@@ -362,21 +361,18 @@ def main(config: ml_collections.ConfigDict) -> dict[str, Any]:
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
   t0 = time.time()
-  devices = Devices()
+  devices = build.Devices()
   if config.optim.batch_size % devices.count:
     raise ValueError(f"invalid config: optim.batch_size={config.optim.batch_size!r}; accepted: a "
                      f"multiple of the number of devices ({devices.count})")
-  data = Data(config, config.data.dir, devices)
+  data = build.Data(config, config.data.dir, devices)
   log(f"data: {config.data.dir} ({data.num_classes} classes; "
       + ", ".join(f"{s} {n}" for s, n in data.info["splits"].items()) + f"); devices: "
       f"{devices.count} × {jax.devices()[0].device_kind}")
   names = [config.method] + [m for m in config.compare_with if m != config.method]
-  need_budgets = any(warm_start(config, n) for n in names) or any(methods.get_method(
-      n, config.methods.get(n, {}), methods.MethodSpec(
-          tuple(config.modalities), 2, 1, 1, 1, (0.0,) * len(config.modalities))).needs_budgets
-      for n in names)
   writer = writers.MetricWriter(workdir, config.modalities)
-  budgets = iib_phase(config, data, workdir, writer) if need_budgets else None
+  budgets = (unimodal_phase(config, data, workdir, writer)
+             if any(needs_unimodal_phase(config, n) for n in names) else None)
   writer.close()
   rows = []
   for name in names:
@@ -393,7 +389,8 @@ def main(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return {r["method"]: r for r in rows}
 
 
-def _synthetic_demo(config):
+def synthetic_demo(config):
+  """`config` on the synthetic dataset, generated and prepared once into the cache."""
   from data_prep import synthetic
   cache = config.data.cache_dir or os.path.join(
       os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "iib_jax")

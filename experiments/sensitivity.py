@@ -2,8 +2,8 @@
 
   python -m experiments.sensitivity --seeds=2 --root=runs/sensitivity
 
-Each value is a separate IIBalance run (one budget estimation per seed is shared: τ changes β,
-not the budgets). Writes `<root>/sensitivity.md`, `<root>/sensitivity.json` and
+Each value is a separate run of the method of `experiments/configs/sweeps.py` (one budget
+estimation per seed is shared: τ changes β, not the budgets). Writes `<root>/sensitivity.md`, `<root>/sensitivity.json` and
 `<root>/sensitivity.png`.
 """
 from __future__ import annotations
@@ -51,14 +51,15 @@ def main(_):
   from absl import logging
   logging.set_verbosity(logging.WARNING)
   from experiments import report, sweep
-  config = flags.FLAGS.config
-  config.method = "iibalance"
-  config.compare_with = ()
+  from experiments.configs import sweeps
   grid = {"tau": [float(v) for v in flags.FLAGS.taus],
           "gamma": [float(v) for v in flags.FLAGS.gammas]}
-  variants = {f"{p}={v:g}": {f"methods.iibalance.{p}": v} for p, vs in grid.items() for v in vs}
+  plan = sweeps.sensitivity(grid)
+  config = flags.FLAGS.config
+  config.method = plan.method
+  config.compare_with = ()
   t0 = time.time()
-  results = sweep.run_variants(config, variants, range(flags.FLAGS.seeds), flags.FLAGS.root)
+  results = sweep.run_variants(config, plan.variants, range(flags.FLAGS.seeds), flags.FLAGS.root)
   curves = {p: [{"value": v, "agg": sweep.aggregate(results[f"{p}={v:g}"], config.modalities)}
                 for v in vs] for p, vs in grid.items()}
   os.makedirs(flags.FLAGS.root, exist_ok=True)
@@ -75,4 +76,7 @@ def main(_):
 
 
 if __name__ == "__main__":
+  import sys
+  from experiments import cli
+  cli.check_config_flags(sys.argv[1:], os.path.join(_HERE, "configs", "synthetic.py"))
   app.run(main)

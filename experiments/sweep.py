@@ -15,29 +15,11 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 import numpy as np
 
-from experiments import run as runner
+from experiments import build, run as runner
 from experiments.configs import common
 from iib_jax import methods, writers
 
-
-def override(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]):
-  """A copy of `config` with dotted keys replaced ({"methods.iibalance.gamma": 0.3})."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  for key, value in overrides.items():
-    node = config
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    if last not in node:
-      raise ValueError(f"invalid config: {key} is not a config key")
-    node[last] = value
-  return config
-
-
-def _needs_budgets(config) -> bool:
-  spec = methods.MethodSpec(tuple(config.modalities), 2, 1, 1, 1, (0.0,) * len(config.modalities))
-  return methods.get_method(config.method, config.methods.get(config.method, {}),
-                            spec).needs_budgets
+override = common.override
 
 
 def dir_name(variant: str) -> str:
@@ -59,7 +41,7 @@ def run_variants(config: ml_collections.ConfigDict, variants: Mapping[str, Mappi
     {variant: [results.json of each seed]}; each also carries "wall_s" and "seed".
   """
   if not config.data.dir:
-    config = runner._synthetic_demo(config)
+    config = runner.synthetic_demo(config)
   results: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
   variant_configs = {name: override(config, o) for name, o in variants.items()}
   for c in variant_configs.values():
@@ -67,7 +49,7 @@ def run_variants(config: ml_collections.ConfigDict, variants: Mapping[str, Mappi
   dirs = {name: dir_name(name) for name in variants}
   if len(set(dirs.values())) < len(dirs):
     raise ValueError(f"variant names {sorted(variants)} share directories {dirs}")
-  devices = runner.Devices()
+  devices = build.Devices()
   for seed in seeds:
     seed_dir = os.path.join(root, f"seed{seed}")
     os.makedirs(seed_dir, exist_ok=True)
@@ -77,10 +59,10 @@ def run_variants(config: ml_collections.ConfigDict, variants: Mapping[str, Mappi
     data = None
     if pending:
       base = override(config, {"seed": seed})
-      data = runner.Data(base, base.data.dir, devices)
-      if any(_needs_budgets(c) or runner.warm_start(c, c.method) for c in pending.values()):
+      data = build.Data(base, base.data.dir, devices)
+      if any(runner.needs_unimodal_phase(c, c.method) for c in pending.values()):
         writer = writers.MetricWriter(seed_dir, base.modalities)
-        budgets = runner.iib_phase(base, data, seed_dir, writer)
+        budgets = runner.unimodal_phase(base, data, seed_dir, writer)
         writer.close()
     trained: dict[str, str] = {}    # a variant's configuration -> the first variant run with it
     for name, variant in variant_configs.items():
@@ -103,9 +85,9 @@ def run_variants(config: ml_collections.ConfigDict, variants: Mapping[str, Mappi
           f.write(cfg.to_json_best_effort(indent=2))
         t0 = time.time()
         runner.log(f"== {name}, seed {seed}")
-        out = runner.train_method(cfg, cfg.method, data, workdir,
-                                  budgets if _needs_budgets(cfg) else None,
-                                  iib_dir=os.path.join(seed_dir, "iib"))
+        needs = methods.definition(cfg.method).needs_budgets
+        out = runner.train_method(cfg, cfg.method, data, workdir, budgets if needs else None,
+                                  unimodal_dir=os.path.join(seed_dir, "iib"))
         out["wall_s"] = time.time() - t0
         with open(path, "w") as f:
           json.dump(out, f, indent=2)

@@ -2,15 +2,16 @@
 
   python -m experiments.table1 --config.datasets=synthetic --config.methods=all --config.seeds=3
   python -m experiments.table1 --config.datasets=crema_d --config.data_dirs.crema_d=/data/cd \
-      --config.methods=joint,ogm_ge,iibalance --config.optimizer=sgd
+      --config.methods=all --config.optimizer=sgd
 
 Settings: experiments/configs/table1.py. Every run keeps its directory,
 `<root>/<dataset>/seed<s>/<method>/` (with its config.json, checkpoints and results.json), and
 each seed's unimodal phase is shared by the methods that need it (`<root>/<dataset>/seed<s>/iib`).
 A run whose results.json exists is not run again, so an interrupted command resumes where it
 stopped. Writes `<root>/table1.md` (best of a column in bold, second underlined), `table1.csv`,
-`table1.json` and, for every dataset with IIBalance, Fig. 3 (`<root>/<dataset>/fig3.png`: the IIB
-prior β beside the mean test fusion weights, averaged over seeds).
+`table1.json` and, for every dataset with a method that fuses with a budget prior (its results
+carry β), Fig. 3 (`<root>/<dataset>/fig3.png`: the prior β beside the mean test fusion weights,
+averaged over seeds).
 """
 from __future__ import annotations
 
@@ -26,19 +27,14 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from iib_jax import build as lib_build, methods
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
-# Row order of the table: the baselines, the reconstructions, then IIBalance.
-ALL_METHODS = ("joint", "mslr", "gblending", "ogm_ge", "greedy", "pmr", "agm", "mmpareto", "ggdm",
-               "udi", "bmlmi", "iibalance")
-DISPLAY = {"joint": "Joint", "mslr": "MSLR", "gblending": "G-Blending", "ogm_ge": "OGM-GE",
-           "greedy": "Greedy*", "pmr": "PMR", "agm": "AGM", "mmpareto": "MMPareto",
-           "ggdm": "GGDM", "udi": "UDI†", "bmlmi": "BML-MI†", "iibalance": "IIBalance"}
-NOTES = {"greedy": "\\* late-fusion proxy of Greedy's rule (no MMTM blocks).",
-         "udi": "† reconstruction from the paper's abstract and reviews, not a reproduction "
-                "(docs/FIDELITY.md).",
-         "bmlmi": "† reconstruction from the paper's abstract and reviews, not a reproduction "
-                  "(docs/FIDELITY.md)."}
+
+def all_methods() -> tuple[str, ...]:
+  """Every method of the registry, in its order (the rows of Table I)."""
+  return methods.listed()
 
 
 def _names(value, accepted: Sequence[str], key: str, all_value: Sequence[str] | None = None):
@@ -75,7 +71,8 @@ def _parse_overrides(text: str) -> dict[str, Any]:
 
 def dataset_config(settings, dataset: str):
   """The base config of one dataset: its config file with the preset, then the overrides."""
-  from experiments import run as runner, sweep
+  from experiments import run as runner
+  from experiments.configs import common
   config = importlib.import_module(f"experiments.configs.{dataset}").get_config(settings.preset)
   overrides = {}
   for key, field in (("optim.epochs", "epochs"), ("iib.epochs", "iib_epochs"),
@@ -85,31 +82,16 @@ def dataset_config(settings, dataset: str):
       overrides[key] = settings[field]
   overrides.update(_parse_overrides(settings.overrides))
   overrides["compare_with"] = ()
-  config = sweep.override(config, overrides)
+  config = common.override(config, overrides)
   data_dir = settings.data_dirs.get(dataset, "")
   if data_dir:
     config.data.dir = data_dir
   elif dataset == "synthetic":
-    config = runner._synthetic_demo(config)
+    config = runner.synthetic_demo(config)
   else:
     raise ValueError(f"invalid config: data_dirs.{dataset}=''; accepted: the directory of the "
                      f"prepared dataset (python -m data_prep.{dataset} ... --out_dir ...)")
   return config
-
-
-def unimodal_readout(config, method: str) -> str:
-  """Which logits a method's Acc_<modality> reads (METHODS.md §1.1: the conventions differ)."""
-  if method == "joint":
-    return "split fusion layer" if config.methods.joint.unimodal_readout == "split" else "heads"
-  if method == "gblending":
-    return "split fusion layer" if config.methods.gblending.unimodal == "split" else "heads"
-  if method == "mslr":
-    return "fusion-layer summands"
-  if method in ("ogm_ge", "pmr", "greedy"):
-    return "split fusion layer"
-  if method == "agm":
-    return "Shapley outputs"
-  return "heads"
 
 
 def _short_labels(modalities: Sequence[str]) -> list[str]:
@@ -145,7 +127,7 @@ def dataset_table(dataset: str, aggregates: Mapping[str, Mapping[str, tuple[floa
   names = list(aggregates)
   ranks = {k: _ranks([aggregates[n][k][0] for n in names]) for k in keys}
   for i, name in enumerate(names):
-    cells = [DISPLAY.get(name, name)]
+    cells = [methods.definition(name).label]
     cells += [_cell(*aggregates[name][k], ranks[k][i]) for k in keys]
     cells += [str(seeds[name]), readouts[name]]
     lines.append("| " + " | ".join(cells) + " |")
@@ -174,7 +156,8 @@ def _unimodal_alone(dataset_root: str, seeds: Sequence[int], modalities: Sequenc
 
 def figure3(runs: Sequence[Mapping[str, Any]], modalities: Sequence[str], path: str,
             dataset: str) -> str | None:
-  """Fig. 3 from IIBalance's runs: β and the mean test fusion weights, averaged over seeds."""
+  """Fig. 3 from the runs of a method with a budget prior: β and the mean test fusion weights,
+  averaged over seeds."""
   from experiments import plots
   runs = [r for r in runs if r.get("beta")]
   if not runs:
@@ -191,11 +174,9 @@ def run(settings) -> dict[str, Any]:
   import jax
   from experiments import report, sweep
   from experiments.configs import common
-  from iib_jax.methods import METHODS
   t0 = time.time()
   datasets = _names(settings.datasets, common.DATASETS, "datasets")
-  names = _names(settings.methods, tuple(m for m in ALL_METHODS if m in METHODS), "methods",
-                 all_value=ALL_METHODS)
+  names = _names(settings.methods, all_methods(), "methods", all_value=all_methods())
   if not settings.seeds >= 1:
     raise ValueError(f"invalid config: seeds={settings.seeds!r}; accepted: an integer ≥ 1")
   seeds = list(range(settings.seeds))
@@ -207,7 +188,7 @@ def run(settings) -> dict[str, Any]:
   configs = {d: dataset_config(settings, d) for d in datasets}    # every config fails early
   for dataset, config in configs.items():
     for name in names:
-      common.validate(sweep.override(config, {"method": name}))
+      common.validate(common.override(config, {"method": name}))
 
   blocks, table_json, csv_rows, figures = [], {}, [], {}
   for dataset, config in configs.items():
@@ -215,12 +196,13 @@ def run(settings) -> dict[str, Any]:
     modalities = tuple(config.modalities)
     results = sweep.run_variants(config, {n: {"method": n} for n in names}, seeds, dataset_root)
     aggregates = {n: sweep.aggregate(results[n], modalities) for n in names}
-    readouts = {n: unimodal_readout(config, n) for n in names}
+    readouts = {n: lib_build.unimodal_readout(config, n) for n in names}
     alone = _unimodal_alone(dataset_root, seeds, modalities)
     blocks.append(dataset_table(dataset, aggregates, modalities,
                                 {n: len(results[n]) for n in names}, readouts, alone))
-    if "iibalance" in names:
-      png = figure3(results["iibalance"], modalities, os.path.join(dataset_root, "fig3.png"),
+    with_prior = [n for n in names if any(r.get("beta") for r in results[n])]
+    if with_prior:
+      png = figure3(results[with_prior[0]], modalities, os.path.join(dataset_root, "fig3.png"),
                     dataset)
       if png:
         figures[dataset] = png
@@ -245,7 +227,8 @@ def run(settings) -> dict[str, Any]:
           "\n\nAcc_m: fused prediction; Acc_<m>: each modality's own prediction (the convention of "
           "the last column); Avg: mean of the three. Best of a column in **bold**, second "
           "<u>underlined</u>.\n\n" + "\n".join(blocks) + "\n"
-          + "".join(f"{note}\n" for note in dict.fromkeys(NOTES[n] for n in names if n in NOTES))
+          + "".join(f"{note}\n" for note in dict.fromkeys(
+              methods.definition(n).note for n in names if methods.definition(n).note))
           + "\n"
           + "".join(f"Fig. 3 ({d}): `{p}`.\n" for d, p in figures.items())
           + ("\n" if figures else "") + report.footer("python -m experiments.table1", seconds))
@@ -276,6 +259,9 @@ def main(_):
 
 
 if __name__ == "__main__":
+  import sys
+  from experiments import cli
+  cli.check_config_flags(sys.argv[1:], os.path.join(_HERE, "configs", "table1.py"))
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   # Defined here, not on import: the functions above are also used as a library.
   config_flags.DEFINE_config_file("config", os.path.join(_HERE, "configs", "table1.py"),

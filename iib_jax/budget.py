@@ -10,6 +10,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+# The budget temperature of the paper (§V-C): β = softmax(B / τ) with τ = 0.07.
+PAPER_TAU = 0.07
+
 
 def normalized_entropy(probs: jax.Array) -> jax.Array:
   """Shannon entropy over the last axis divided by log C, in [0, 1].
@@ -59,7 +62,7 @@ def information_budget(probs: jax.Array, mask: jax.Array | None = None) -> jax.A
   return (confidence * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
-def relative_budget(budgets: jax.Array, tau: float = 0.07) -> jax.Array:
+def relative_budget(budgets: jax.Array, tau: float = PAPER_TAU) -> jax.Array:
   """β = softmax(B / τ) over modalities (Eq. 2).
 
   Args:

@@ -98,7 +98,8 @@ def train_unimodal(train_step: Callable, eval_step: Callable, state, *,
 
 
 def estimate_budgets(eval_step: Callable, state, batches: Iterable,
-                     modalities: Sequence[str], tau: float = 0.07, **extra: Any) -> dict[str, Any]:
+                     modalities: Sequence[str], tau: float = budget.PAPER_TAU,
+                     **extra: Any) -> dict[str, Any]:
   """B_m over `batches` (the training split in inference mode), then β, anchor and λ_m."""
   outputs = loop.collect(eval_step, state, batches)
   return budget_record(modalities, budgets_from_outputs(outputs), tau,

@@ -5,12 +5,10 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import optax
 
-from iib_jax import budget
 from iib_jax.methods import Method
-from iib_jax.methods.base import gradients
+from iib_jax.methods.base import eval_outputs, gradients
 from iib_jax.state import TrainState
 
 
@@ -88,27 +86,25 @@ def make_eval_step(model: nn.Module, method: Method, *,
                    batch_sharding: jax.sharding.Sharding | None = None):
   """Builds `eval_step(state, batch) -> per-example outputs`, jit-compiled.
 
-  Outputs (all per example, so padded examples can be dropped on the host): `label` [B], `mask`
-  [B], `fused_pred` [B], `fused_logits` [B, C], `unimodal_pred` [M, B], `unimodal_entropy` [M, B]
-  (normalised entropy of each unimodal prediction, the u of Eq. 7 and the input of Eq. 1), and
-  `weights` [B, M] when the model fuses with weights.
+  The method's `predict` reads one forward pass in inference mode; a method with its own
+  `evaluate` (AGM's Shapley outputs) runs its passes instead. Outputs: see
+  `iib_jax.methods.base.eval_outputs` (all per example, so padded examples can be dropped on the
+  host).
   """
 
   def eval_step(state: TrainState, batch):
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    outputs = model.apply(variables, batch, train=False, **method.forward_kwargs(state.method))
+    kwargs = method.forward_kwargs(state.method)
+
+    def apply(b):
+      return model.apply(variables, b, train=False, **kwargs)
+
+    if method.evaluate is not None:
+      fused_logits, unimodal_logits = method.evaluate(apply, batch, state.method)
+      return eval_outputs(batch, fused_logits, unimodal_logits)
+    outputs = apply(batch)
     fused_logits, unimodal_logits = method.predict(outputs, state.method)
-    result = {
-        "label": batch["label"],
-        "mask": batch["mask"] if "mask" in batch else jnp.ones(batch["label"].shape, jnp.float32),
-        "fused_pred": jnp.argmax(fused_logits, -1),
-        "fused_logits": fused_logits,
-        "unimodal_pred": jnp.argmax(unimodal_logits, -1),
-        "unimodal_entropy": budget.normalized_entropy_from_logits(unimodal_logits),
-    }
-    if "weights" in outputs:
-      result["weights"] = outputs["weights"]
-    return result
+    return eval_outputs(batch, fused_logits, unimodal_logits, outputs)
 
   if state_sharding is None:
     return jax.jit(eval_step)

@@ -13,7 +13,7 @@ from iib_jax.methods import (agm, base, bmlmi, gblending, ggdm, greedy, mmpareto
                              pmr, udi)
 from iib_jax.models import build_model
 from iib_jax.state import TrainState
-from iib_jax.train import make_train_step
+from iib_jax.train import make_eval_step, make_train_step
 from tests.helpers import separable_batch
 
 RNG = np.random.default_rng(0)
@@ -686,6 +686,6 @@ def test_bmlmi_distillation_trains_only_distilling_students(setups):
 
 def test_agm_shapley_eval_step_runs(setups):
   setup = setups("agm")
-  eval_step = agm.make_shapley_eval_step(setup.model, setup.method)
+  eval_step = make_eval_step(setup.model, setup.method)          # AGM's own `evaluate`
   out = eval_step(setup.fresh(), setup.batches(1)[0])
   assert out["unimodal_pred"].shape == (3, BATCH)

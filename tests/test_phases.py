@@ -9,7 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import phases
+from experiments import build
+from iib_jax import checkpoint
+from iib_jax.methods import gblending
 from experiments.configs import common, synthetic as synthetic_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,7 +82,7 @@ def test_every_method_writes_results(workdir):
 
 def test_mslr_factors_follow_validation_accuracy(workdir):
   work, _ = workdir
-  state = phases.restore_arrays(str(work), "latest")["method"]
+  state = checkpoint.read_arrays(str(work), "latest")["method"]
   val = [r for r in _records(work / "metrics.jsonl")
          if r["phase"] == "multimodal" and r["split"] == "val"]
   # Two epochs in a memory of five: accuracies recorded in order, factors still c⁰.
@@ -93,7 +95,7 @@ def test_mslr_factors_follow_validation_accuracy(workdir):
 
 def test_pmr_computes_prototypes_before_training_and_after_each_epoch(workdir):
   work, _ = workdir
-  state = phases.restore_arrays(str(work / "compare" / "pmr"), "latest")["method"]
+  state = checkpoint.read_arrays(str(work / "compare" / "pmr"), "latest")["method"]
   assert int(state["passes"]) == 3
   assert np.asarray(state["valid"]).all()
 
@@ -102,7 +104,7 @@ def test_gblending_estimates_online_on_its_holdout(workdir):
   work, stdout = workdir
   assert "[gblending] holdout V′: 3 training clips" in stdout
   assert "weights from epoch 0" in stdout and "weights from epoch 1" in stdout
-  weights = np.asarray(phases.restore_arrays(str(work / "compare" / "gblending"),
+  weights = np.asarray(checkpoint.read_arrays(str(work / "compare" / "gblending"),
                                              "latest")["method"]["weights"])
   assert weights.shape == (3,) and abs(weights.sum() - 1) < 1e-5
   assert not np.allclose(weights, 1 / 3)                  # the placeholder was replaced
@@ -115,9 +117,9 @@ def test_udi_stages_freeze_the_anchor_then_the_encoders(workdir):
   anchor = result["stages"]["anchor"]
   assert json.load(open(udi_dir / "stages" / "udi.json"))["anchor"] == anchor
   follower_name = "video" if anchor == "audio" else "audio"
-  unimodal = phases.restore_arrays(str(work / "iib"))
-  follower = phases.restore_arrays(str(udi_dir / "stages" / "follower"))
-  final = phases.restore_arrays(str(udi_dir))
+  unimodal = checkpoint.read_arrays(str(work / "iib"))
+  follower = checkpoint.read_arrays(str(udi_dir / "stages" / "follower"))
+  final = checkpoint.read_arrays(str(udi_dir))
   # Stage B: the anchor (parameters and BatchNorm statistics) is the unimodal phase's.
   assert _equal(follower["params"][anchor], unimodal["params"][anchor])
   assert _equal(follower["batch_stats"][anchor], unimodal["batch_stats"][anchor])
@@ -137,11 +139,11 @@ def test_bmlmi_distils_then_trains_with_calibrated_weights(workdir):
   teacher = decision["teacher"]
   student = "video" if teacher == "audio" else "audio"
   assert decision["distill"] == {teacher: False, student: True}
-  unimodal = phases.restore_arrays(str(work / "iib"))
-  distilled = phases.restore_arrays(str(bml_dir / "stages" / "distill"), "latest")
+  unimodal = checkpoint.read_arrays(str(work / "iib"))
+  distilled = checkpoint.read_arrays(str(bml_dir / "stages" / "distill"), "latest")
   assert _equal(distilled["params"][teacher], unimodal["params"][teacher])
   assert not _equal(distilled["params"][student], unimodal["params"][student])
-  final = phases.restore_arrays(str(bml_dir), "latest")
+  final = checkpoint.read_arrays(str(bml_dir), "latest")
   weights = np.asarray(final["method"]["weights"])
   np.testing.assert_allclose(weights.sum(), 2.0, rtol=1e-5)        # Σ w_m = M
   assert int(final["method"]["teacher"]) == ("audio", "video").index(teacher)
@@ -154,27 +156,40 @@ def test_subset_batches_keep_every_selected_clip_once():
   batches = [{"clip_id": ids[i:i + 4], "label": np.arange(i, i + 4)[:len(ids[i:i + 4])],
               "mask": np.ones(len(ids[i:i + 4]), np.float32)} for i in range(0, 10, 4)]
   keep = lambda i: int(i[1:]) % 3 != 0                                  # 6 of 10 clips
-  train = list(phases.subset_batches(batches, keep, 4, pad=False))
+  train = list(build.subset_batches(batches, keep, 4, pad=False))
   assert [len(b["label"]) for b in train] == [4]                       # the last 2 dropped
-  evaluation = list(phases.subset_batches(batches, keep, 4, pad=True))
+  evaluation = list(build.subset_batches(batches, keep, 4, pad=True))
   labels = np.concatenate([b["label"][b["mask"] > 0] for b in evaluation])
   assert labels.tolist() == [1, 2, 4, 5, 7, 8]
   assert [len(b["label"]) for b in evaluation] == [4, 4]
 
 
 def test_holdout_is_stratified_and_deterministic(data_dir):
-  held = phases.holdout_ids(data_dir, 0.1, seed=0)
+  clips = build.clip_labels(data_dir, "train")
+  held = gblending.holdout_ids(clips, 0.1, seed=0)
   assert len(held) == 3                                  # one clip of each of the 3 classes
-  assert phases.holdout_ids(data_dir, 0.1, seed=0) == held
-  assert phases.holdout_ids(data_dir, 0.5, seed=1) != held
+  assert {label for clip, label in clips if clip in held} == {0, 1, 2}
+  assert gblending.holdout_ids(clips, 0.1, seed=0) == held
+  assert gblending.holdout_ids(clips, 0.5, seed=1) != held
 
 
 def test_ogm_ge_noise_follows_the_seed():
-  config = synthetic_config.get_config("smoke")
-  config.seed = 3
-  assert phases.method_options(config, "ogm_ge")["noise_seed"] == 3
-  config.methods.ogm_ge.noise_seed = 10
-  assert phases.method_options(config, "ogm_ge")["noise_seed"] == 13
+  import jax
+  import jax.numpy as jnp
+  from iib_jax import methods
+
+  def noisy_grads(seed, noise_seed):
+    spec = methods.MethodSpec(("audio", "video"), 3, 4, 2, 4, seed=seed)
+    method = methods.get_method("ogm_ge", {"noise_seed": noise_seed}, spec)
+    grads = {m: {"encoder": {"kernel": jnp.ones((3, 4))}, "head": {"kernel": jnp.ones((4, 3))}}
+             for m in ("audio", "video")}
+    aux = {"coefficients": jnp.array([0.5, 1.0])}
+    return jax.device_get(method.rewrite_grads(grads, aux, (), jnp.int32(1)))
+
+  # The run's seed plus the offset: seed 3 with offset 10 draws what seed 13 with offset 0 draws.
+  leaf = lambda g: g["audio"]["encoder"]["kernel"]
+  np.testing.assert_array_equal(leaf(noisy_grads(3, 10)), leaf(noisy_grads(13, 0)))
+  assert not np.array_equal(leaf(noisy_grads(3, 0)), leaf(noisy_grads(4, 0)))
 
 
 @pytest.mark.parametrize("key,value,message", [

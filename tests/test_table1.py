@@ -104,11 +104,12 @@ def test_columns_mark_best_in_bold_and_second_underlined():
 
 
 def test_method_and_dataset_lists_are_checked():
-  assert table1._names("all", ("joint",), "methods", all_value=table1.ALL_METHODS) == \
-      table1.ALL_METHODS
+  assert table1._names("all", ("joint",), "methods", all_value=table1.all_methods()) == \
+      table1.all_methods()
   assert table1._names("joint, udi", ("joint", "udi"), "methods") == ("joint", "udi")
   assert table1._names("('joint', 'udi')", ("joint", "udi"), "methods") == ("joint", "udi")
   assert table1._names(("udi",), ("joint", "udi"), "methods") == ("udi",)
   with pytest.raises(ValueError, match="invalid config: methods='joint,nope'"):
     table1._names("joint,nope", ("joint",), "methods")
-  assert set(table1.ALL_METHODS) == set(table1.DISPLAY)
+  from iib_jax import methods
+  assert all(methods.definition(n).label for n in table1.all_methods())

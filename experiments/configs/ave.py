@@ -13,4 +13,6 @@ def get_config(arg=None):
   config.model.encoders = {"audio": "audio_cnn", "video": "resnet18"}
   config.data.num_frames = 3
   config.data.audio_frames = 1024
+  # PMR's official AVE script computes its prototypes on the validation split.
+  config.methods.pmr.prototype_split = "validation"
   return common.apply_preset(config, arg)

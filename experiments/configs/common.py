@@ -1,26 +1,23 @@
-"""The base config, presets and `validate(config)`.
+"""The base config, presets, `validate(config)` and `override(config, {...})`.
 
 Every dataset config starts from `base_config()`; every method's options live in
-`config.methods.<name>`, so `--config.method=joint --config.methods.iibalance.gamma=0.3` work with a
-locked config. `validate` runs before any computation and names the key and the accepted values.
+`config.methods.<name>`, generated from the method's typed options (`iib_jax.methods`), so a
+default lives in one place and `--config.method=joint --config.methods.iibalance.gamma=0.3` work
+with a locked config. `validate` runs before any computation and names the key and the accepted
+values.
 """
 from __future__ import annotations
 
+import difflib
+from typing import Any, Mapping
+
 import ml_collections
 
-from iib_jax import schema
-from iib_jax.methods import (METHODS, MethodSpec, agm, bmlmi, gblending, ggdm, greedy, mmpareto,
-                             mslr, ogm_ge, pmr, udi)
-from iib_jax.methods.iibalance import DEFAULTS as IIB_DEFAULTS
+from iib_jax import methods as methods_lib, schema
 from iib_jax.models.encoders import ENCODERS
 from iib_jax.models import DTYPES
 
 DATASETS = ("kinetics_sounds", "crema_d", "ave", "synthetic")
-# Each baseline's options, as `config.methods.<name>` (the method module's DEFAULTS).
-BASELINE_DEFAULTS = {"mslr": mslr.DEFAULTS, "gblending": gblending.DEFAULTS,
-                     "ogm_ge": ogm_ge.DEFAULTS, "greedy": greedy.DEFAULTS, "pmr": pmr.DEFAULTS,
-                     "agm": agm.DEFAULTS, "mmpareto": mmpareto.DEFAULTS, "ggdm": ggdm.DEFAULTS,
-                     "udi": udi.DEFAULTS, "bmlmi": bmlmi.DEFAULTS}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -77,13 +74,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.progress = True
 
+  # Every registered method's options, with its defaults.
   config.methods = ml_collections.ConfigDict()
-  config.methods.iibalance = ml_collections.ConfigDict(dict(IIB_DEFAULTS))
-  config.methods.joint = ml_collections.ConfigDict({"unimodal_readout": "heads",
-                                                    "fusion": "concat"})
-  config.methods.unimodal = ml_collections.ConfigDict()
-  for name, defaults in BASELINE_DEFAULTS.items():
-    config.methods[name] = ml_collections.ConfigDict(dict(defaults))
+  for name, definition in methods_lib.METHODS.items():
+    config.methods[name] = ml_collections.ConfigDict(definition.options().to_dict())
   return config
 
 
@@ -93,17 +87,20 @@ def _fail(key: str, value, accepted: str) -> None:
 
 def validate(config: ml_collections.ConfigDict, *, check_data: bool = True) -> None:
   """Raises ValueError naming the key, the value and the accepted values."""
-  methods = [config.method] + list(config.compare_with)
-  for name in methods:
-    if name not in METHODS or name == "unimodal":
+  names = [config.method] + list(config.compare_with)
+  for name in names:
+    if name not in methods_lib.listed():
       _fail("method" if name == config.method else "compare_with", name,
-            ", ".join(sorted(set(METHODS) - {"unimodal"})))
+            ", ".join(methods_lib.listed()))
   if config.data.name not in DATASETS:
     _fail("data.name", config.data.name, ", ".join(DATASETS))
-  for modality in config.modalities:
+  modalities = tuple(config.modalities)
+  if not modalities or len(set(modalities)) != len(modalities):
+    _fail("modalities", modalities, "one or more distinct names")
+  for modality in modalities:
     if modality not in config.model.encoders:
       _fail("model.encoders", dict(config.model.encoders), f"an encoder for every modality "
-            f"of {tuple(config.modalities)}")
+            f"of {modalities}")
     encoder = config.model.encoders[modality]
     if encoder not in ENCODERS:
       _fail(f"model.encoders.{modality}", encoder, ", ".join(sorted(ENCODERS)))
@@ -124,64 +121,47 @@ def validate(config: ml_collections.ConfigDict, *, check_data: bool = True) -> N
       _fail(key, config[section][name], "a positive number")
   if config.iib.budget_split not in ("train", "val"):
     _fail("iib.budget_split", config.iib.budget_split, "train, val")
-
-  iib = config.methods.iibalance
-  if not iib.tau > 0:
-    _fail("methods.iibalance.tau", iib.tau, "τ > 0")
-  if not iib.tau_p > 0:
-    _fail("methods.iibalance.tau_p", iib.tau_p, "τ_p > 0")
-  if not 0 <= iib.rho < 1:
-    _fail("methods.iibalance.rho", iib.rho, "ρ in [0, 1)")
-  if not iib.gamma >= 0:
-    _fail("methods.iibalance.gamma", iib.gamma, "γ ≥ 0")
-  if not 0 <= iib.lambda_start <= 1:
-    _fail("methods.iibalance.lambda_start", iib.lambda_start, "λ_start in [0, 1]")
-  if iib.similarity not in ("dot", "cosine"):
-    _fail("methods.iibalance.similarity", iib.similarity, "dot, cosine")
-  if iib.lambda_schedule not in ("epoch", "step"):
-    _fail("methods.iibalance.lambda_schedule", iib.lambda_schedule, "epoch, step")
-  if iib.prototypes_in_loss not in ("before", "after"):
-    _fail("methods.iibalance.prototypes_in_loss", iib.prototypes_in_loss, "before, after")
-  if iib.prior not in ("iib", "uniform"):
-    _fail("methods.iibalance.prior", iib.prior, "iib, uniform")
-  if iib.fusion_rule not in ("gated", "prior", "mean"):
-    _fail("methods.iibalance.fusion_rule", iib.fusion_rule, "gated, prior, mean")
-
-  for name in methods:
-    _validate_method(config, name)
-
+  # Every section's options, typed: an unknown key or a value the method rejects fails here,
+  # before the unimodal phase (the methods of the run are also checked against its modalities).
+  for name, definition in methods_lib.METHODS.items():
+    definition.options_from(config.methods.get(name), modalities if name in names else ())
   if check_data and config.data.dir and not _is_prepared(config.data.dir):
     _fail("data.dir", config.data.dir, "a directory holding a prepared dataset "
           "(made by python -m data_prep.<dataset> --out_dir ...), or empty for the synthetic demo")
 
 
-def _validate_method(config: ml_collections.ConfigDict, name: str) -> None:
-  """Builds method `name` from its options (no arrays are made), so an option the method rejects
-  fails here, before the unimodal phase, and checks the options only the runner reads."""
-  options = config.methods.get(name)
-  options = {} if options is None else options.to_dict()
-  spec = MethodSpec(tuple(config.modalities), 2, 1, 1, 1, (0.0,) * len(config.modalities))
-  try:
-    METHODS[name](options, spec)
-  except ValueError as e:
-    where = "" if str(e).startswith(f"methods.{name}.") else f"methods.{name}: "
-    raise ValueError(f"invalid config: {where}{e}") from None
-  opts = {**BASELINE_DEFAULTS.get(name, {}), **options}
-  if name == "gblending":
-    for key in ("super_epoch", "probe_epochs"):
-      if not opts[key] >= 1:
-        _fail(f"methods.gblending.{key}", opts[key], "an integer ≥ 1")
-    if not 0 < opts["holdout_fraction"] < 1:
-      _fail("methods.gblending.holdout_fraction", opts["holdout_fraction"], "a fraction in (0, 1)")
-  if name == "pmr" and not 0 < opts["prototype_fraction"] <= 1:
-    _fail("methods.pmr.prototype_fraction", opts["prototype_fraction"], "a fraction in (0, 1]")
-  if name == "udi":
-    if opts["fusion_epochs"] < 0:
-      _fail("methods.udi.fusion_epochs", opts["fusion_epochs"], "an integer ≥ 0")
-    if opts["follower_init"] not in ("unimodal", "random"):
-      _fail("methods.udi.follower_init", opts["follower_init"], "unimodal, random")
-  if name == "bmlmi" and opts["distill_epochs"] < 0:
-    _fail("methods.bmlmi.distill_epochs", opts["distill_epochs"], "an integer ≥ 0")
+def missing_key(config: ml_collections.ConfigDict, key: str) -> str | None:
+  """None if the dotted `key` exists in `config`; else one line naming the first missing part,
+  the closest valid key and the valid keys at that level."""
+  node, path = config, []
+  for part in key.split("."):
+    if not isinstance(node, (ml_collections.ConfigDict, Mapping)) or part not in node:
+      level = ".".join(path) or "the top level"
+      valid = sorted(node.keys()) if isinstance(node, (ml_collections.ConfigDict, Mapping)) else []
+      close = difflib.get_close_matches(part, valid, n=1)
+      where = ".".join(path + [part])
+      hint = f" (did you mean {'.'.join(path + [close[0]])}?)" if close else ""
+      return (f"unknown config key {where}{hint}; valid keys of {level}: "
+              + (", ".join(valid) or "none (it is a value, not a section)"))
+    node = node[part]
+    path.append(part)
+  return None
+
+
+def override(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]):
+  """A copy of `config` with dotted keys replaced ({"methods.iibalance.gamma": 0.3}); an unknown
+  key is an error naming it."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, value in overrides.items():
+    problem = missing_key(config, key)
+    if problem:
+      raise ValueError(f"invalid config: {problem}")
+    node = config
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return config
 
 
 def _is_prepared(data_dir: str) -> bool:

@@ -1,34 +1,56 @@
-"""Balancing methods. `get_method(name, options, spec)` builds one; the registry is a plain dict."""
+"""Balancing methods. The registry is a plain dict of `Definition`s, in the row order of Table I.
+
+  method = get_method("ogm_ge", {"alpha": 0.8}, spec)      # options checked against ogm_ge.Options
+  definition("iibalance").needs_budgets                   # static facts, without building
+
+A new method is one file with a `DEFINITION` and one line below (or `register(...)` at run time).
+"""
 from __future__ import annotations
 
 from typing import Any, Mapping
 
 from iib_jax.methods import (agm, base, bmlmi, gblending, ggdm, greedy, iibalance, joint,
                              mmpareto, mslr, ogm_ge, pmr, udi)
-from iib_jax.methods.base import Method, MethodSpec
+from iib_jax.methods.base import Definition, Hooks, Method, MethodSpec, Options
 
-METHODS = {
-    "iibalance": iibalance.build,
-    "joint": joint.build,
-    "unimodal": joint.build_unimodal,
-    "mslr": mslr.build,
-    "gblending": gblending.build,
-    "ogm_ge": ogm_ge.build,
-    "greedy": greedy.build,
-    "pmr": pmr.build,
-    "agm": agm.build,
-    "mmpareto": mmpareto.build,
-    "ggdm": ggdm.build,
-    "udi": udi.build,
-    "bmlmi": bmlmi.build,
-}
+METHODS: dict[str, Definition] = {}
 
 
-def get_method(name: str, options: Mapping[str, Any] | None, spec: MethodSpec) -> Method:
-  """Builds the method `name` from its options (config.methods.<name>) and the run's spec."""
+def register(method: Definition) -> Definition:
+  """Adds a method to the registry (its name must be new); returns it."""
+  if method.name in METHODS:
+    raise ValueError(f"a method named {method.name!r} is already registered")
+  METHODS[method.name] = method
+  return method
+
+
+def unregister(name: str) -> None:
+  """Removes a method added with `register` (tests)."""
+  METHODS.pop(name, None)
+
+
+def definition(name: str) -> Definition:
+  """The registered method `name`."""
   if name not in METHODS:
-    raise ValueError(f"unknown method {name!r}; accepted: {sorted(METHODS)}")
-  return METHODS[name](dict(options or {}), spec)
+    raise ValueError(f"unknown method {name!r}; accepted: {', '.join(listed())}")
+  return METHODS[name]
 
 
-__all__ = ["METHODS", "Method", "MethodSpec", "get_method", "base"]
+def listed() -> tuple[str, ...]:
+  """The methods a run may choose, in the registry's (Table I's) order."""
+  return tuple(name for name, d in METHODS.items() if d.listed)
+
+
+def get_method(name: str, options: Mapping[str, Any] | Options | None,
+               spec: MethodSpec) -> Method:
+  """Builds the method `name` from its options (config.methods.<name>) and the run's spec."""
+  return definition(name).make(options, spec)
+
+
+for _module in (joint, mslr, gblending, ogm_ge, greedy, pmr, agm, mmpareto, ggdm, udi, bmlmi,
+                iibalance):
+  register(_module.DEFINITION)
+register(joint.UNIMODAL)
+
+__all__ = ["METHODS", "Definition", "Hooks", "Method", "MethodSpec", "Options", "base",
+           "definition", "get_method", "listed", "register", "unregister"]

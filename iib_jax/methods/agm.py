@@ -17,28 +17,33 @@ The official code back-propagates through the eval-mode passes (`grad_through_pa
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
 
-from iib_jax import budget, losses
+from iib_jax import losses
 from iib_jax.methods import base
 
-DEFAULTS = {
-    "alpha": 1.0,                  # official argparse default (README AV-MNIST example: 2.5)
-    "modulation_start": 0,         # official window: epochs 0–20, inclusive
-    "modulation_end": 20,
-    "cap": 10.0,                   # min(r̂ − r, cap) (official 10; BalanceMM 7)
-    "clip_threshold": 1.0,         # fusion-kernel gradient entry that triggers it (BalanceMM 5)
-    "clip_norm": 1.0,              # global-norm clip applied then (BalanceMM 5)
-    "grad_through_padded": True,   # official: gradients flow through the eval-mode passes
-    "fusion": "concat",
-}
+@dataclasses.dataclass(frozen=True)
+class Options(base.Options):
+  alpha: float = 1.0                  # official argparse default (README AV-MNIST example: 2.5)
+  modulation_start: int = 0           # official window: epochs 0–20, inclusive
+  modulation_end: int = 20
+  cap: float = 10.0                   # min(r̂ − r, cap) (official 10; BalanceMM 7)
+  clip_threshold: float = 1.0         # fusion-kernel gradient entry that triggers it (BalanceMM 5)
+  clip_norm: float = 1.0              # global-norm clip applied then (BalanceMM 5)
+  grad_through_padded: bool = True    # official: gradients flow through the eval-mode passes
+  fusion: str = "concat"
+
+  def validate(self, modalities):
+    base.one_of("fusion", self.fusion, ("concat", "sum"))
+    base.require_modalities("agm", modalities)
 
 
 class AGMState(struct.PyTreeNode):
@@ -147,37 +152,26 @@ def subset_outputs(forward, params, batch, modalities: tuple[str, ...], full: ja
   return out
 
 
-def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
-  opts = {**DEFAULTS, **dict(options)}
-  if opts["fusion"] not in ("concat", "sum"):
-    raise ValueError(f"methods.agm.fusion must be 'concat' or 'sum', got {opts['fusion']!r}")
-  if spec.num_modalities < 2:
-    raise ValueError("agm needs at least two modalities")
+def build(opts: Options, spec: base.MethodSpec) -> base.Method:
   modalities, num = spec.modalities, spec.num_modalities
-
-  def loss(outputs, batch, state, step):
-    """CE of the fused logits (evaluation of the plain objective; training uses compute_grads)."""
-    del state, step
-    return losses.masked_mean(losses.cross_entropy(outputs["fused_logits"], batch["label"]),
-                              batch.get("mask")), {"metrics": {}}
 
   def compute_grads(forward, params, batch, state: AGMState, step):
     labels, mask = batch["label"], batch.get("mask")
-    active = base.in_window(spec.epoch(step), opts["modulation_start"], opts["modulation_end"])
+    active = base.in_window(spec.epoch(step), opts.modulation_start, opts.modulation_end)
 
     def loss_fn(p):
       outputs, batch_stats = forward(p, batch, train=True)
       fused = subset_outputs(forward, p, batch, modalities, outputs["fused_logits"],
-                             stop=not opts["grad_through_padded"])
+                             stop=not opts.grad_through_padded)
       unimodal = shapley(fused, num)                                         # [M, B, C]
       score = scores(jax.lax.stop_gradient(unimodal), labels, mask)
-      k = jnp.where(active, coefficients(score, state.running, opts["alpha"], opts["cap"]), 1.0)
+      k = jnp.where(active, coefficients(score, state.running, opts.alpha, opts.cap), 1.0)
       out = sum(base.scale_grad(unimodal[m], k[m]) for m in range(num))
       value = losses.masked_mean(losses.cross_entropy(out, labels), mask)
       return value, (batch_stats, {"score": score, "k": k})
 
     (value, (batch_stats, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    grads, clipped = clip_if_fusion_exceeds(grads, opts["clip_threshold"], opts["clip_norm"])
+    grads, clipped = clip_if_fusion_exceeds(grads, opts.clip_threshold, opts.clip_norm)
     metrics = {"agm_coefficient": parts["k"], "agm_score": parts["score"],
                "agm_running_score": state.running, "agm_clipped": clipped.astype(jnp.float32)}
     aux = {"metrics": metrics, "score": parts["score"], "iteration": step + 1}
@@ -187,40 +181,24 @@ def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
     del batch
     return state.replace(running=running_mean(state.running, aux["score"], aux["iteration"]))
 
-  def predict(outputs, state):
+  def evaluate(apply, batch, state):
+    """AGM's own unimodal outputs: the Shapley outputs m_m (2^M − 1 eval passes per batch), which
+    is how the official code measures Acc_a / Acc_v."""
     del state
-    return outputs["fused_logits"], outputs["partial_logits"]
-
-  return base.Method(name="agm", init_state=lambda: AGMState(jnp.zeros((num,), jnp.float32)),
-                     loss=loss, compute_grads=compute_grads, update_state=update_state,
-                     predict=predict, model={"fusion": opts["fusion"], "detach_heads": True})
-
-
-def make_shapley_eval_step(model, method: base.Method):
-  """`train.make_eval_step` with AGM's own unimodal outputs: `unimodal_pred` and
-  `unimodal_entropy` come from the Shapley outputs m_m (2^M − 1 eval passes per batch), which
-  is how the official code measures Acc_a / Acc_v. The plain eval step reports the split fusion
-  layer instead."""
-  modalities = tuple(model.modalities)
-
-  def eval_step(state, batch):
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
 
     def forward(params, b, train=False):
-      del train
-      return model.apply({**variables, "params": params}, b, train=False,
-                         **method.forward_kwargs(state.method)), None
+      del params, train
+      return apply(b), None
 
-    full = forward(state.params, batch)[0]["fused_logits"]
-    unimodal = shapley(subset_outputs(forward, state.params, batch, modalities, full, True),
-                       len(modalities))
-    return {
-        "label": batch["label"],
-        "mask": batch["mask"] if "mask" in batch else jnp.ones(batch["label"].shape, jnp.float32),
-        "fused_pred": jnp.argmax(full, -1),
-        "fused_logits": full,
-        "unimodal_pred": jnp.argmax(unimodal, -1),
-        "unimodal_entropy": budget.normalized_entropy_from_logits(unimodal),
-    }
+    full = apply(batch)["fused_logits"]
+    unimodal = shapley(subset_outputs(forward, None, batch, modalities, full, True), num)
+    return full, unimodal
 
-  return jax.jit(eval_step)
+  return base.Method(name="agm", init_state=lambda: AGMState(jnp.zeros((num,), jnp.float32)),
+                     compute_grads=compute_grads, update_state=update_state,
+                     predict=base.split_predict, evaluate=evaluate,
+                     model={"fusion": opts.fusion, "detach_heads": True})
+
+
+DEFINITION = base.Definition(name="agm", build=build, options=Options, display="AGM",
+                             readout=lambda o: "Shapley outputs")

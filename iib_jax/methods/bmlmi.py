@@ -5,8 +5,8 @@ METHODS.md §4. The paper (multi-omics, graph encoders) is known only from its a
 summaries; the variant below is METHODS.md §4.3's guess, listed in docs/FIDELITY.md (Baselines).
 Do not label its results as a reproduction.
 
-Stages (host level):
-  0  unimodal models (the library's `unimodal` method, shared with the IIB phase); the teacher is
+Stages (host level, `train`):
+  0  unimodal models (the runner's unimodal phase, shared with IIBalance's budgets); the teacher is
      the modality with the best validation macro-F1 (`macro_f1`, `choose_teacher`).
   1  `stage="distill"`: for each student s ≠ t, distil only if Î(z_t; z_s) > Î(z_s; y)
      (`estimate_infonce`, `estimate_label_mi`, `should_distill`); the student minimises
@@ -19,7 +19,9 @@ Stages (host level):
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import dataclasses
+import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,21 +29,27 @@ import numpy as np
 import optax
 from flax import struct
 
-from iib_jax import losses
+from iib_jax import loop, losses
 from iib_jax.methods import base
 
-DEFAULTS = {
-    "stage": "joint",               # "distill" (stage 1) or "joint" (stage 2)
-    "kappa": 0.5,                   # κ, weight of the distillation term
-    "temperature": 4.0,             # T of the distillation softmax
-    "weight_temperature": 0.5,      # T_w of the loss weights
-    "fused_weight": 1.0,            # w_F
-    "fusion": "concat",
-    "critic_epochs": 1,             # InfoNCE critic: passes over the training features
-    "critic_batch": 256,            # InfoNCE critic: negatives per example (bound ≤ log batch)
-    "probe_steps": 300,             # linear probe for I(z; y): full-batch Adam steps
-    "distill_epochs": 10,           # runner: epochs of stage 1 (not published; guess)
-}
+@dataclasses.dataclass(frozen=True)
+class Options(base.Options):
+  stage: str = "joint"               # "distill" (stage 1) or "joint" (stage 2)
+  kappa: float = 0.5                 # κ, weight of the distillation term
+  temperature: float = 4.0           # T of the distillation softmax
+  weight_temperature: float = 0.5    # T_w of the loss weights
+  fused_weight: float = 1.0          # w_F
+  fusion: str = "concat"
+  critic_epochs: int = 1             # InfoNCE critic: passes over the training features
+  critic_batch: int = 256            # InfoNCE critic: negatives per example (bound ≤ log batch)
+  probe_steps: int = 300             # linear probe for I(z; y): full-batch Adam steps
+  distill_epochs: int = 10           # epochs of stage 1 (not published; guess)
+
+  def validate(self, modalities):
+    base.one_of("stage", self.stage, ("distill", "joint"))
+    base.one_of("fusion", self.fusion, ("concat", "sum"))
+    base.require(self.distill_epochs >= 0, "distill_epochs", self.distill_epochs,
+                 "an integer ≥ 0")
 
 
 class BMLState(struct.PyTreeNode):
@@ -240,18 +248,13 @@ def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array, labe
   return losses.masked_mean((1.0 - kappa) * ce + kappa * temperature ** 2 * kl, mask)
 
 
-def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
-  opts = {**DEFAULTS, **dict(options)}
-  if opts["stage"] not in ("distill", "joint"):
-    raise ValueError(f"methods.bmlmi.stage must be 'distill' or 'joint', got {opts['stage']!r}")
-  if opts["fusion"] not in ("concat", "sum"):
-    raise ValueError(f"methods.bmlmi.fusion must be 'concat' or 'sum', got {opts['fusion']!r}")
+def build(opts: Options, spec: base.MethodSpec) -> base.Method:
   modalities, num = spec.modalities, spec.num_modalities
 
   def init_state() -> BMLState:
     return BMLState(teacher=jnp.zeros((), jnp.int32), distill=jnp.zeros((num,), jnp.float32),
                     weights=jnp.ones((num,), jnp.float32),
-                    fused_weight=jnp.asarray(opts["fused_weight"], jnp.float32))
+                    fused_weight=jnp.asarray(opts.fused_weight, jnp.float32))
 
   def joint_loss(outputs, batch, state: BMLState, step):
     del step
@@ -263,16 +266,9 @@ def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
                                "bml_weights": state.weights}}
 
   def distill_loss(outputs, batch, state: BMLState, teacher_logits):
-    kd = distillation_loss(outputs["logits"], teacher_logits, batch["label"], opts["kappa"],
-                           opts["temperature"], batch.get("mask"))              # [M]
+    kd = distillation_loss(outputs["logits"], teacher_logits, batch["label"], opts.kappa,
+                           opts.temperature, batch.get("mask"))              # [M]
     return (state.distill * kd).sum(), kd
-
-  def loss(outputs, batch, state: BMLState, step):
-    if opts["stage"] == "joint":
-      return joint_loss(outputs, batch, state, step)
-    teacher_logits = jnp.take(outputs["logits"], state.teacher, axis=0)
-    value, kd = distill_loss(outputs, batch, state, teacher_logits)
-    return value, {"metrics": {"loss_distill": kd * state.distill}}
 
   def distill_grads(forward, params, batch, state: BMLState, step):
     del step
@@ -291,8 +287,99 @@ def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
                        if k in modalities else v) for k, v in batch_stats.items()}
     return value, grads, batch_stats, {"metrics": {"loss_distill": kd * state.distill}}
 
+  distill = opts.stage == "distill"
   return base.Method(
-      name="bmlmi", init_state=init_state, loss=loss,
-      compute_grads=distill_grads if opts["stage"] == "distill" else None,
-      model={"fusion": opts["fusion"], "detach_heads": False},
-      needs_budgets=True)           # stage 0 is the runner's unimodal (IIB) phase
+      name="bmlmi", init_state=init_state, loss=None if distill else joint_loss,
+      compute_grads=distill_grads if distill else None,
+      model={"fusion": opts.fusion, "detach_heads": False})
+
+
+def train(stages: base.Stages, opts: Options) -> dict[str, Any]:
+  """0: the unimodal phase's models → teacher and MI test; 1: distillation into the students
+  that pass it; 2: joint training with calibrated loss weights, re-calibrated after every epoch.
+  Each stage is an ordinary training of this method with its own `stage` option."""
+  modalities = stages.modalities
+  num = len(modalities)
+  classes = stages.data.num_classes
+  source = stages.unimodal_dir
+  seed = int(stages.config.seed)
+
+  def decide():
+    val = stages.unimodal_outputs("validation")
+    f1 = [macro_f1(val["label"], val["unimodal_pred"][:, i], classes) for i in range(num)]
+    teacher = choose_teacher(f1)
+    z_train, y_train = stages.unimodal_features("train")
+    z_val, y_val = stages.unimodal_features("validation")
+    mi_teacher, mi_label, distill = [0.0] * num, [0.0] * num, []
+    for s in range(num):
+      if s != teacher:
+        mi_teacher[s] = estimate_infonce(z_train[:, teacher], z_train[:, s],
+                                         batch_size=opts.critic_batch,
+                                         epochs=opts.critic_epochs, seed=seed)
+        mi_label[s] = estimate_label_mi(z_val[:, s], y_val, classes, steps=opts.probe_steps)
+      distill.append(s != teacher and should_distill(mi_teacher[s], mi_label[s]))
+    return {"teacher": modalities[teacher], "source": source,
+            "val_macro_f1": dict(zip(modalities, map(float, f1))),
+            "mi_with_teacher": dict(zip(modalities, map(float, mi_teacher))),
+            "mi_with_label": dict(zip(modalities, map(float, mi_label))),
+            "distill": dict(zip(modalities, map(bool, distill))),
+            "label_entropy": label_entropy(y_train, classes)}
+
+  record = stages.record("bmlmi", decide)
+  teacher_name = record["teacher"]
+  teacher = modalities.index(teacher_name)
+  distill = [float(record["distill"][m]) for m in modalities]
+  mi_teacher = [record["mi_with_teacher"][m] for m in modalities]
+  stages.log(f"[bmlmi] teacher {teacher_name}; distilling students: "
+             + (", ".join(m for m in modalities if record["distill"][m]) or "none"))
+  summary: dict[str, Any] = {"teacher": teacher_name, "decision": record}
+  branches = source, "best"
+
+  def unimodal_hooks(context):
+    def before_training(state):
+      state = stages.load_branches(state, source, modalities)
+      return state.replace(method=stages.put(with_teacher(state.method, teacher, distill)))
+    return base.Hooks(before_training=before_training)
+
+  if any(distill) and opts.distill_epochs > 0:
+    distill_dir = os.path.join(stages.workdir, "stages", "distill")
+    frozen = (teacher_name, "fusion") + tuple(m for m, d in zip(modalities, distill)
+                                              if not d and m != teacher_name)
+    result = stages.train_stage({"methods.bmlmi.stage": "distill",
+                                 "optim.epochs": opts.distill_epochs}, distill_dir,
+                                frozen=frozen, hooks=unimodal_hooks)
+    # A fixed number of distillation epochs, ending with the last: the stage has no fused
+    # prediction to select on (its fusion head is not trained).
+    branches = distill_dir, "latest"
+    summary["distill"] = {"dir": distill_dir, "test_last": result["test_last"]}
+
+  def joint_hooks(context):
+    def calibrate(state, epoch: int | None):
+      outputs = loop.collect(context.eval_step, state, stages.data.eval("validation"))
+      f1 = [macro_f1(outputs["label"], outputs["unimodal_pred"][:, i], classes)
+            for i in range(num)]
+      weights = calibrated_weights(f1, mi_teacher, record["label_entropy"], teacher,
+                                   opts.weight_temperature)
+      when = "before epoch 0" if epoch is None else f"after epoch {epoch}"
+      stages.log(f"[bmlmi] loss weights {when}: "
+                 + ", ".join(f"{m} {w:.3f}" for m, w in zip(modalities, weights)))
+      method = with_weights(with_teacher(state.method, teacher, distill), weights)
+      return state.replace(method=stages.put(method))
+
+    def before_training(state):
+      # Encoders and heads from the previous stage; the fused head starts fresh.
+      return calibrate(stages.load_branches(state, branches[0], modalities, branches[1]), None)
+
+    return base.Hooks(before_training=before_training,
+                      between_epochs=lambda epoch, state, val: calibrate(state, epoch))
+
+  joint = stages.train_stage({"methods.bmlmi.stage": "joint"}, stages.workdir, hooks=joint_hooks)
+  return stages.finish(joint, summary)
+
+
+DEFINITION = base.Definition(
+    name="bmlmi", build=build, options=Options, train=train, display="BML-MI†",
+    # Stage 0 is the runner's unimodal phase.
+    needs_budgets=True,
+    note="† reconstruction from the paper's abstract and reviews, not a reproduction "
+         "(docs/FIDELITY.md).")

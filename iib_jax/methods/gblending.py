@@ -9,9 +9,15 @@ A probe of branch k is this same step with one-hot weights e_k (`probe_weights`)
 depends only on that branch's parameters (a unimodal probe trains encoder m and its head alone, the
 fused probe is joint training), so the probes reuse the compiled main step. Losses on T′ and V′
 (per-sample means, inference mode) come from `make_branch_loss_step` / `branch_losses`.
+
+The method's hooks hold out V′ (`holdout_ids`: a stratified share of the training split), train
+on T′ = the rest, and re-estimate the weights before training and every `super_epoch` epochs
+("online") or once ("offline").
 """
 from __future__ import annotations
 
+import dataclasses
+import zlib
 from typing import Any, Callable, Iterable, Mapping
 
 import jax
@@ -22,15 +28,25 @@ from flax import struct
 from iib_jax import losses
 from iib_jax.methods import base
 
-DEFAULTS = {
-    "unimodal": "heads",        # branch logits: "heads" (paper) or "split" fusion layer (BalanceMM)
-    "fusion": "concat",
-    "gain": "clip",             # ΔG < 0 counts as 0 ("clip") or |ΔG| ("abs", BalanceMM's |g/o²|)
-    "mode": "online",           # "online": re-estimate every super_epoch epochs; "offline": once
-    "super_epoch": 10,          # online period and probe length in epochs (BalanceMM)
-    "probe_epochs": 10,         # n of the offline estimate (not published; guess)
-    "holdout_fraction": 0.1,    # |V′| / |train| (not published; guess)
-}
+@dataclasses.dataclass(frozen=True)
+class Options(base.Options):
+  unimodal: str = "heads"          # branch logits: "heads" (paper) or "split" fusion layer (BalanceMM)
+  fusion: str = "concat"
+  gain: str = "clip"               # ΔG < 0 counts as 0 ("clip") or |ΔG| ("abs", BalanceMM's |g/o²|)
+  mode: str = "online"             # "online": re-estimate every super_epoch epochs; "offline": once
+  super_epoch: int = 10            # online period and probe length in epochs (BalanceMM)
+  probe_epochs: int = 10           # n of the offline estimate (not published; guess)
+  holdout_fraction: float = 0.1    # |V′| / |train| (not published; guess)
+
+  def validate(self, modalities):
+    base.one_of("unimodal", self.unimodal, ("heads", "split"))
+    base.one_of("fusion", self.fusion, ("concat", "sum"))
+    base.one_of("gain", self.gain, ("clip", "abs"))
+    base.one_of("mode", self.mode, ("online", "offline"))
+    for key in ("super_epoch", "probe_epochs"):
+      base.require(getattr(self, key) >= 1, key, getattr(self, key), "an integer ≥ 1")
+    base.require(0 < self.holdout_fraction < 1, "holdout_fraction", self.holdout_fraction,
+                 "a fraction in (0, 1)")
 
 
 class GBlendState(struct.PyTreeNode):
@@ -83,36 +99,91 @@ def branch_logits(outputs: Mapping[str, jax.Array], unimodal: str) -> jax.Array:
   return jnp.concatenate([uni, outputs["fused_logits"][None]], axis=0)
 
 
-def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
-  opts = {**DEFAULTS, **dict(options)}
-  if opts["unimodal"] not in ("heads", "split"):
-    raise ValueError(f"methods.gblending.unimodal must be 'heads' or 'split', "
-                     f"got {opts['unimodal']!r}")
-  if opts["fusion"] not in ("concat", "sum"):
-    raise ValueError(f"methods.gblending.fusion must be 'concat' or 'sum', got {opts['fusion']!r}")
-  if opts["gain"] not in ("clip", "abs"):
-    raise ValueError(f"methods.gblending.gain must be 'clip' or 'abs', got {opts['gain']!r}")
-  if opts["mode"] not in ("online", "offline"):
-    raise ValueError(f"methods.gblending.mode must be 'online' or 'offline', got {opts['mode']!r}")
+def holdout_ids(clips: Iterable[tuple[bytes, int]], fraction: float, seed: int) -> frozenset:
+  """Clip ids of the holdout V′: a `fraction` of every class of the training split (at least one
+  clip of a class with two or more), chosen by a hash of (seed, clip id), so the same clips are
+  held out on every host and after a restart.
+
+  Args:
+    clips: (clip id, label) of every training clip.
+    fraction: |V′| / |train| per class.
+    seed: the run's seed.
+  """
+  by_class: dict[int, list[bytes]] = {}
+  for clip_id, label in clips:
+    by_class.setdefault(int(label), []).append(bytes(clip_id))
+  held = []
+  for ids in by_class.values():
+    ids = sorted(ids, key=lambda i: zlib.crc32(i + f":{seed}".encode()))
+    count = int(round(fraction * len(ids)))
+    if len(ids) > 1:
+      count = min(max(count, 1), len(ids) - 1)
+    held += ids[:count]
+  return frozenset(held)
+
+
+def build(opts: Options, spec: base.MethodSpec) -> base.Method:
   num = spec.num_modalities
 
   def loss(outputs, batch, state: GBlendState, step):
     del step
-    ce = base.unimodal_ce(branch_logits(outputs, opts["unimodal"]), batch)     # [M + 1]
+    ce = base.unimodal_ce(branch_logits(outputs, opts.unimodal), batch)         # [M + 1]
     total = (state.weights * ce).sum()
     return total, {"metrics": {"ce_branch": ce, "blend_weights": state.weights}}
 
   def predict(outputs, state):
     del state
-    uni = outputs["partial_logits"] if opts["unimodal"] == "split" else outputs["logits"]
+    uni = outputs["partial_logits"] if opts.unimodal == "split" else outputs["logits"]
     return outputs["fused_logits"], uni
 
-  # Until the runner's first estimate, every branch counts equally (placeholder).
+  def hooks(context: base.Context) -> base.Hooks:
+    data, seed = context.data, context.seed
+    held = holdout_ids(data.clip_labels("train"), opts.holdout_fraction, seed)
+    loss_step = make_branch_loss_step(context.model, context.method, opts.unimodal)
+    names = list(spec.modalities) + ["fused"]
+    context.log(f"[gblending] holdout V′: {len(held)} training clips; T′: the rest "
+                f"({opts.mode} estimate)")
+
+    def train_batches(epoch):
+      return data.train(epoch, seed, keep=lambda clip: clip not in held)
+
+    def holdout_batches():
+      return data.eval("train", keep=lambda clip: clip in held)
+
+    def placed(step):
+      # A probe's one-hot weights are made on the host: placing them like the rest of the state
+      # keeps the compiled steps' input signature, so the probes reuse them, not recompile.
+      return lambda state, batch: step(context.put(state), batch)
+
+    def reestimate(state, start_epoch: int, epochs: int):
+      # The probes see the epochs the main training is about to see.
+      weights = estimate(placed(context.train_step), placed(loss_step), state,
+                         train_batches=lambda e: train_batches(start_epoch + e),
+                         holdout_batches=holdout_batches, epochs=epochs, gain=opts.gain)
+      context.log(f"[gblending] weights from epoch {start_epoch} ({epochs}-epoch probes): "
+                  + ", ".join(f"{n} {w:.3f}" for n, w in zip(names, weights)))
+      return state.replace(method=context.put(with_weights(state.method, weights)))
+
+    if opts.mode == "offline":
+      return base.Hooks(before_training=lambda state: reestimate(state, 0, opts.probe_epochs),
+                        train_batches=train_batches)
+    period = opts.super_epoch
+
+    def between_epochs(epoch, state, val):
+      next_epoch = epoch + 1
+      if next_epoch % period or next_epoch >= spec.total_epochs:
+        return state
+      return reestimate(state, next_epoch, period)
+
+    return base.Hooks(before_training=lambda state: reestimate(state, 0, period),
+                      between_epochs=between_epochs, train_batches=train_batches)
+
+  # Until the first estimate, every branch counts equally (placeholder).
   return base.Method(
       name="gblending",
       init_state=lambda: GBlendState(jnp.full((num + 1,), 1.0 / (num + 1), jnp.float32)),
-      loss=loss, predict=predict,
-      model={"fusion": opts["fusion"], "detach_heads": opts["unimodal"] == "split"})
+      loss=loss, predict=predict, hooks=hooks,
+      model={"fusion": opts.fusion, "detach_heads": opts.unimodal == "split"})
 
 
 def make_branch_loss_step(model, method: base.Method, unimodal: str = "heads"):
@@ -174,3 +245,8 @@ def estimate(train_step, branch_loss_step, state, *,
     end_t[k] = branch_losses(branch_loss_step, probe, train_batches(0))[k]
     end_v[k] = branch_losses(branch_loss_step, probe, holdout_batches())[k]
   return blend_weights(start_t, start_v, end_t, end_v, gain)
+
+
+DEFINITION = base.Definition(
+    name="gblending", build=build, options=Options, display="G-Blending",
+    readout=lambda o: "split fusion layer" if o.unimodal == "split" else "heads")

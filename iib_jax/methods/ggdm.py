@@ -17,7 +17,7 @@ modality of the config plays the code's audio, the second its video.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -25,18 +25,25 @@ import jax.numpy as jnp
 from iib_jax import losses
 from iib_jax.methods import base
 
-DEFAULTS = {
-    "alignment": "code",            # "code": ½KL(r‖p_a) + ½KL(r‖p_v); "js": ½KL(p_a‖r) + ½KL(p_v‖r)
-    "encoder_scale": 4.0,           # the hard-coded factor 4
-    "alignment_factors": (1.0, 2.0),  # extra factor on g^u per modality (code: 2 on video)
-    "volume_threshold": 0.3,        # vol below this: ratio 1
-    "belief_scale": 10.0,           # B = 10 · mean belief
-    "belief_floor": 0.1,            # belief entries below this ...
-    "belief_fill": 0.5,             # ... are set to this
-    "encoder_epochs": 100,          # encoder modulation while epoch < this
-    "head_start": 1,                # head modulation in [head_start, head_end] (code: 0 < e ≤ 80)
-    "head_end": 80,
-}
+@dataclasses.dataclass(frozen=True)
+class Options(base.Options):
+  alignment: str = "code"               # "code": ½KL(r‖p_a) + ½KL(r‖p_v); "js": ½KL(p_a‖r) + ½KL(p_v‖r)
+  encoder_scale: float = 4.0            # the hard-coded factor 4
+  alignment_factors: tuple = (1.0, 2.0)  # extra factor on g^u per modality (code: 2 on video)
+  volume_threshold: float = 0.3         # vol below this: ratio 1
+  belief_scale: float = 10.0            # B = 10 · mean belief
+  belief_floor: float = 0.1             # belief entries below this ...
+  belief_fill: float = 0.5              # ... are set to this
+  encoder_epochs: int = 100             # encoder modulation while epoch < this
+  head_start: int = 1                   # head modulation in [head_start, head_end] (code: 0 < e ≤ 80)
+  head_end: int = 80
+
+  def validate(self, modalities):
+    base.one_of("alignment", self.alignment, ("code", "js"))
+    base.require(len(self.alignment_factors) == 2, "alignment_factors", self.alignment_factors,
+                 "two factors (the first modality's, the second's)")
+    # Its volumes pair the two modalities' gradients.
+    base.require_modalities("ggdm", modalities, exactly=2)
 
 
 def alignment_loss(logits: jax.Array, mask: jax.Array | None = None,
@@ -100,25 +107,14 @@ def ratios(vol_a: jax.Array, vol_v: jax.Array, threshold: float = 0.3) -> jax.Ar
   return jnp.stack([ratio_a, ratio_v])
 
 
-def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
-  opts = {**DEFAULTS, **dict(options)}
-  if spec.num_modalities != 2:
-    raise ValueError(f"ggdm is defined for exactly two modalities (its volumes pair the "
-                     f"modalities' gradients); got {spec.modalities}")
-  if opts["alignment"] not in ("code", "js"):
-    raise ValueError(f"methods.ggdm.alignment must be 'code' or 'js', got {opts['alignment']!r}")
+def build(opts: Options, spec: base.MethodSpec) -> base.Method:
   modalities = spec.modalities
-  factors = tuple(float(f) for f in opts["alignment_factors"])
+  factors = tuple(float(f) for f in opts.alignment_factors)
 
   def task_losses(outputs, batch):
     logits, labels, mask = outputs["logits"], batch["label"], batch.get("mask")
     cls = losses.masked_mean(losses.cross_entropy(0.5 * logits[0] + 0.5 * logits[1], labels), mask)
-    return jnp.stack([cls, alignment_loss(logits, mask, opts["alignment"])])
-
-  def loss(outputs, batch, state, step):
-    del state, step
-    values = task_losses(outputs, batch)
-    return values.sum(), {"metrics": {"loss_cls": values[0], "loss_alignment": values[1]}}
+    return jnp.stack([cls, alignment_loss(logits, mask, opts.alignment)])
 
   def compute_grads(forward, params, batch, state, step):
     del state
@@ -134,13 +130,13 @@ def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
     uni = [jax.tree.map(lambda g: g[1], base.encoder_part(per_task[m])) for m in modalities]
     vol_a = volume(uni[1], sup[1], sup[0])
     vol_v = volume(uni[0], sup[0], sup[1])
-    ratio = ratios(vol_a, vol_v, opts["volume_threshold"])
-    belief = beliefs(logits, batch.get("mask"), opts["belief_scale"], opts["belief_floor"],
-                     opts["belief_fill"])
-    encoders_on = epoch < opts["encoder_epochs"]
-    heads_on = base.in_window(epoch, opts["head_start"], opts["head_end"])
+    ratio = ratios(vol_a, vol_v, opts.volume_threshold)
+    belief = beliefs(logits, batch.get("mask"), opts.belief_scale, opts.belief_floor,
+                     opts.belief_fill)
+    encoders_on = epoch < opts.encoder_epochs
+    heads_on = base.in_window(epoch, opts.head_start, opts.head_end)
     for i, m in enumerate(modalities):
-      scale = opts["encoder_scale"]
+      scale = opts.encoder_scale
       modulated = jax.tree.map(lambda gu, gs, i=i: scale * (factors[i] * ratio[i] * gu + gs),
                                uni[i], sup[i])
       encoder = jax.tree.map(lambda new, old: jnp.where(encoders_on, new, old), modulated,
@@ -159,6 +155,8 @@ def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
     logits = outputs["logits"]
     return 0.5 * logits[0] + 0.5 * logits[1], logits
 
-  return base.Method(name="ggdm", init_state=base.no_state, loss=loss,
-                     compute_grads=compute_grads, predict=predict,
-                     model={"fusion": "none", "detach_heads": False})
+  return base.Method(name="ggdm", init_state=base.no_state, compute_grads=compute_grads,
+                     predict=predict, model={"fusion": "none", "detach_heads": False})
+
+
+DEFINITION = base.Definition(name="ggdm", build=build, options=Options, display="GGDM")

@@ -26,7 +26,7 @@ of modality k, the split-fusion logits):
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -35,12 +35,17 @@ from flax import struct
 from iib_jax import losses
 from iib_jax.methods import base
 
-DEFAULTS = {
-    "epsilon": 0.01,        # BDR spread that starts curation (official; BalanceMM 0.001)
-    "window": 5,            # Q, curated steps per curation (official and BalanceMM)
-    "start_epoch": 2,       # curation is never entered before this epoch (official; BalanceMM 0)
-    "fusion": "concat",
-}
+@dataclasses.dataclass(frozen=True)
+class Options(base.Options):
+  epsilon: float = 0.01    # BDR spread that starts curation (official; BalanceMM 0.001)
+  window: int = 5          # Q, curated steps per curation (official and BalanceMM)
+  start_epoch: int = 2     # curation is never entered before this epoch (official; BalanceMM 0)
+  fusion: str = "concat"
+
+  def validate(self, modalities):
+    base.one_of("fusion", self.fusion, ("concat", "sum"))
+    base.require(self.window >= 1, "window", self.window, "an integer ≥ 1")
+    base.require_modalities("greedy", modalities)
 
 
 class GreedyState(struct.PyTreeNode):
@@ -145,16 +150,10 @@ def curated_loss(partial: jax.Array, fused: jax.Array, labels: jax.Array, mask,
   return jnp.where(curating, curated, plain)
 
 
-def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
-  opts = {**DEFAULTS, **dict(options)}
-  if opts["fusion"] not in ("concat", "sum"):
-    raise ValueError(f"methods.greedy.fusion must be 'concat' or 'sum', got {opts['fusion']!r}")
-  if spec.num_modalities < 2:
-    raise ValueError("greedy needs at least two modalities")
+def build(opts: Options, spec: base.MethodSpec) -> base.Method:
   modalities, num = spec.modalities, spec.num_modalities
 
-  def loss(outputs, batch, state: GreedyState, step):
-    del step
+  def loss(outputs, batch, state: GreedyState):
     labels, mask = batch["label"], batch.get("mask")
     value = curated_loss(outputs["partial_logits"], outputs["fused_logits"], labels, mask,
                          state.curating, state.caring, state.logit_mean)
@@ -165,7 +164,7 @@ def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
   def compute_grads(forward, params, batch, state: GreedyState, step):
     def loss_fn(p):
       outputs, batch_stats = forward(p, batch, train=True)
-      value, aux = loss(outputs, batch, state, step)
+      value, aux = loss(outputs, batch, state)
       return value, (batch_stats, aux)
 
     (value, (batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -173,8 +172,8 @@ def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
                       for m in modalities])
     bypass = jnp.stack([learning_speed(bypass_part(grads, i, num), bypass_part(params, i, num))
                         for i in range(num)])
-    unlocked = spec.epoch(step) >= opts["start_epoch"]
-    fields, bdr = next_curation(state, main, bypass, unlocked, opts["epsilon"], int(opts["window"]))
+    unlocked = spec.epoch(step) >= opts.start_epoch
+    fields, bdr = next_curation(state, main, bypass, unlocked, opts.epsilon, opts.window)
     metrics = {**aux["metrics"], "greedy_bdr": bdr,
                "greedy_curating": state.curating.astype(jnp.float32),
                "greedy_caring": state.caring.astype(jnp.float32)}
@@ -187,11 +186,12 @@ def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
     logit_mean = (jax.lax.stop_gradient(aux["batch_mean"]) + n * state.logit_mean) / (n + 1.0)
     return state.replace(**aux["fields"], logit_mean=logit_mean, forwards=state.forwards + 1)
 
-  def predict(outputs, state):
-    del state
-    return outputs["fused_logits"], outputs["partial_logits"]
-
   return base.Method(name="greedy", init_state=lambda: initial_state(num, spec.num_classes),
-                     loss=loss, compute_grads=compute_grads,
-                     update_state=update_state, predict=predict,
-                     model={"fusion": opts["fusion"], "detach_heads": True})
+                     compute_grads=compute_grads, update_state=update_state,
+                     predict=base.split_predict,
+                     model={"fusion": opts.fusion, "detach_heads": True})
+
+
+DEFINITION = base.Definition(name="greedy", build=build, options=Options, display="Greedy*",
+                             note="\\* late-fusion proxy of Greedy's rule (no MMTM blocks).",
+                             readout=lambda o: "split fusion layer")

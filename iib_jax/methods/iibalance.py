@@ -9,7 +9,7 @@ then the anchor prototypes take an EMA step towards this batch's class means (Eq
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -18,22 +18,35 @@ from flax import struct
 from iib_jax import budget, losses, prototypes
 from iib_jax.methods import base
 
-DEFAULTS = {
-    "tau": 0.07,                       # budget temperature (paper)
-    "tau_p": 0.5,                      # prototype temperature (paper)
-    "rho": 0.9,                        # prototype EMA momentum (not given)
-    "gamma": 0.5,                      # weight of the unimodal auxiliary term (not given)
-    "lambda_start": 1.0,               # initial weight of Stage I (not given)
-    "similarity": "cosine",            # PRA similarity: "dot" (literal) or "cosine"
-    "lambda_schedule": "epoch",        # λ(t) constant within an epoch, or "step" (fractional t)
-    "prototypes_in_loss": "before",    # PRA sees the bank "before" or "after" this batch's update
-    "mask_unseen_prototypes": True,    # leave never-seen classes out of the PRA softmax
-    "detach_weights_in_aux": False,    # True: no gradient into w through the γ term
-    "prior": "iib",                    # "iib" or "uniform" (Table II: w/o IIB prior)
-    "stage_one": True,                 # False: Table II w/o Stage I (no PRA, λ_m = 0)
-    "fusion_rule": "gated",            # "prior" / "mean": Table II w/o Stage II (fixed weights)
-    "warm_start": True,                # encoders start from the unimodal phase (read by the runner)
-}
+@dataclasses.dataclass(frozen=True)
+class Options(base.Options):
+  tau: float = budget.PAPER_TAU        # budget temperature (paper)
+  tau_p: float = 0.5                   # prototype temperature (paper)
+  rho: float = 0.9                     # prototype EMA momentum (not given)
+  gamma: float = 0.5                   # weight of the unimodal auxiliary term (not given)
+  lambda_start: float = 1.0            # initial weight of Stage I (not given)
+  similarity: str = "cosine"           # PRA similarity: "dot" (literal) or "cosine"
+  lambda_schedule: str = "epoch"       # λ(t) constant within an epoch, or "step" (fractional t)
+  prototypes_in_loss: str = "before"   # PRA sees the bank "before" or "after" this batch's update
+  mask_unseen_prototypes: bool = True  # leave never-seen classes out of the PRA softmax
+  detach_weights_in_aux: bool = False  # True: no gradient into w through the γ term
+  prior: str = "iib"                   # "iib" or "uniform" (Table II: w/o IIB prior)
+  stage_one: bool = True               # False: Table II w/o Stage I (no PRA, λ_m = 0)
+  fusion_rule: str = "gated"           # "prior" / "mean": Table II w/o Stage II (fixed weights)
+  warm_start: bool = True              # encoders start from the unimodal phase (read by the runner)
+
+  def validate(self, modalities):
+    base.require(self.tau > 0, "tau", self.tau, "τ > 0")
+    base.require(self.tau_p > 0, "tau_p", self.tau_p, "τ_p > 0")
+    base.require(0 <= self.rho < 1, "rho", self.rho, "ρ in [0, 1)")
+    base.require(self.gamma >= 0, "gamma", self.gamma, "γ ≥ 0")
+    base.require(0 <= self.lambda_start <= 1, "lambda_start", self.lambda_start,
+                 "λ_start in [0, 1]")
+    base.one_of("similarity", self.similarity, ("dot", "cosine"))
+    base.one_of("lambda_schedule", self.lambda_schedule, ("epoch", "step"))
+    base.one_of("prototypes_in_loss", self.prototypes_in_loss, ("before", "after"))
+    base.one_of("prior", self.prior, ("iib", "uniform"))
+    base.one_of("fusion_rule", self.fusion_rule, ("gated", "prior", "mean"))
 
 
 class IIBState(struct.PyTreeNode):
@@ -73,23 +86,15 @@ def initial_state(budgets, num_classes: int, feature_dim: int, tau: float, prior
                   strength=strength, anchor=budget.anchor_index(beta).astype(jnp.int32))
 
 
-def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
-  opts = {**DEFAULTS, **dict(options)}
-  if opts["lambda_schedule"] not in ("epoch", "step"):
-    raise ValueError("methods.iibalance.lambda_schedule must be 'epoch' or 'step', "
-                     f"got {opts['lambda_schedule']!r}")
-  if opts["prototypes_in_loss"] not in ("before", "after"):
-    raise ValueError("methods.iibalance.prototypes_in_loss must be 'before' or 'after', "
-                     f"got {opts['prototypes_in_loss']!r}")
-
+def build(opts: Options, spec: base.MethodSpec) -> base.Method:
   def init_state() -> IIBState:
     if spec.budgets is None:
       raise ValueError("iibalance needs information budgets: run the IIB estimation phase first")
-    return initial_state(spec.budgets, spec.num_classes, spec.feature_dim, opts["tau"],
-                         opts["prior"], opts["stage_one"])
+    return initial_state(spec.budgets, spec.num_classes, spec.feature_dim, opts.tau,
+                         opts.prior, opts.stage_one)
 
   def stage_time(step):
-    if opts["lambda_schedule"] == "step":
+    if opts.lambda_schedule == "step":
       return step.astype(jnp.float32) / spec.steps_per_epoch
     return spec.epoch(step)
 
@@ -98,16 +103,16 @@ def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
     feats = outputs["features"].astype(jnp.float32)                          # [M, B, d]
     logits = outputs["logits"]                                                # [M, B, C]
     anchor_feats = jnp.take(feats, state.anchor, axis=0)                      # [B, d]
-    new_bank = prototypes.ema_update(state.bank, anchor_feats, labels, opts["rho"], mask)
-    bank = new_bank if opts["prototypes_in_loss"] == "after" else state.bank
-    seen = bank.seen if opts["mask_unseen_prototypes"] else None
+    new_bank = prototypes.ema_update(state.bank, anchor_feats, labels, opts.rho, mask)
+    bank = new_bank if opts.prototypes_in_loss == "after" else state.bank
+    seen = bank.seen if opts.mask_unseen_prototypes else None
     # PRA for every modality; the anchor's term is multiplied by λ_{m*} = 0.
-    pra = jax.vmap(lambda z: prototypes.pra_loss(z, labels, bank.protos, opts["tau_p"],
-                                                 opts["similarity"], seen, mask))(feats)
+    pra = jax.vmap(lambda z: prototypes.pra_loss(z, labels, bank.protos, opts.tau_p,
+                                                 opts.similarity, seen, mask))(feats)
     stage_one = losses.stage_one(logits, labels, pra, state.strength, mask)
     stage_two = losses.stage_two(outputs["fused_logits"], logits, outputs["weights"], labels,
-                                 opts["gamma"], mask, opts["detach_weights_in_aux"])
-    weight = losses.stage_weight(stage_time(step), spec.total_epochs, opts["lambda_start"])
+                                 opts.gamma, mask, opts.detach_weights_in_aux)
+    weight = losses.stage_weight(stage_time(step), spec.total_epochs, opts.lambda_start)
     total = losses.total_loss(stage_one, stage_two, weight)
     metrics = {
         "loss_stage_one": stage_one,
@@ -127,6 +132,10 @@ def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
 
   return base.Method(name="iibalance", init_state=init_state, loss=loss,
                      model={"fusion": "gated", "detach_heads": False,
-                            "fusion_rule": opts["fusion_rule"]},
+                            "fusion_rule": opts.fusion_rule},
                      forward_kwargs=lambda state: {"prior": state.beta},
-                     update_state=update_state, needs_budgets=True)
+                     update_state=update_state)
+
+
+DEFINITION = base.Definition(name="iibalance", build=build, options=Options,
+                             needs_budgets=True, display="IIBalance")

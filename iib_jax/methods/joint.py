@@ -7,16 +7,24 @@ convention of OGM-GE, PMR and BalanceMM).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import dataclasses
 
 from iib_jax import losses
 from iib_jax.methods import base
 
 
-def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
-  readout = options.get("unimodal_readout", "heads")
-  if readout not in ("heads", "split"):
-    raise ValueError(f"methods.joint.unimodal_readout must be 'heads' or 'split', got {readout!r}")
+@dataclasses.dataclass(frozen=True)
+class Options(base.Options):
+  unimodal_readout: str = "heads"     # Acc_<m> from the "heads" or the "split" fusion layer
+  fusion: str = "concat"              # "concat" or "sum" late fusion
+
+  def validate(self, modalities):
+    base.one_of("unimodal_readout", self.unimodal_readout, ("heads", "split"))
+    base.one_of("fusion", self.fusion, ("concat", "sum"))
+
+
+def build(options: Options, spec: base.MethodSpec) -> base.Method:
+  del spec
 
   def loss(outputs, batch, state, step):
     del state, step
@@ -25,16 +33,13 @@ def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
     heads = base.unimodal_ce(outputs["logits"], batch)     # encoders see no gradient from these
     return fused + heads.sum(), {"metrics": {"loss_fused": fused, "ce_unimodal": heads}}
 
-  def predict(outputs, state):
-    del state
-    unimodal = outputs["partial_logits"] if readout == "split" else outputs["logits"]
-    return outputs["fused_logits"], unimodal
-
-  return base.Method(name="joint", init_state=base.no_state, loss=loss, predict=predict,
-                     model={"fusion": options.get("fusion", "concat"), "detach_heads": True})
+  split = options.unimodal_readout == "split"
+  return base.Method(name="joint", init_state=base.no_state, loss=loss,
+                     predict=base.split_predict if split else base.default_predict,
+                     model={"fusion": options.fusion, "detach_heads": True})
 
 
-def build_unimodal(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
+def build_unimodal(options: base.Options, spec: base.MethodSpec) -> base.Method:
   """Each modality's encoder and head trained alone with cross-entropy (the IIB phase).
 
   With several modalities in one model their losses are simply summed: the branches share no
@@ -49,3 +54,9 @@ def build_unimodal(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Me
 
   return base.Method(name="unimodal", init_state=base.no_state, loss=loss,
                      model={"fusion": "none", "detach_heads": False})
+
+
+DEFINITION = base.Definition(
+    name="joint", build=build, options=Options, display="Joint",
+    readout=lambda o: "split fusion layer" if o.unimodal_readout == "split" else "heads")
+UNIMODAL = base.Definition(name="unimodal", build=build_unimodal, listed=False)

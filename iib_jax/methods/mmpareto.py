@@ -15,7 +15,7 @@ official code.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -23,10 +23,13 @@ import jax.numpy as jnp
 from iib_jax import losses
 from iib_jax.methods import base
 
-DEFAULTS = {
-    "gamma": 1.5,         # magnitude factor γ (hard-coded in the official code)
-    "fusion": "concat",   # fused head Linear(M·d, C), as the official model
-}
+@dataclasses.dataclass(frozen=True)
+class Options(base.Options):
+  gamma: float = 1.5        # magnitude factor γ (hard-coded in the official code)
+  fusion: str = "concat"    # fused head Linear(M·d, C), as the official model
+
+  def validate(self, modalities):
+    base.one_of("fusion", self.fusion, ("concat", "sum"))
 
 
 def min_norm_coefficient(a: jax.Array, b: jax.Array, d: jax.Array) -> jax.Array:
@@ -74,21 +77,13 @@ def combine(fused_grad, unimodal_grad, total_grad, gamma: float):
   return jax.tree.map(leaf, fused_grad, unimodal_grad, total_grad), cos, k_fused
 
 
-def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
-  opts = {**DEFAULTS, **dict(options)}
-  if opts["fusion"] not in ("concat", "sum"):
-    raise ValueError(f"methods.mmpareto.fusion must be 'concat' or 'sum', got {opts['fusion']!r}")
+def build(opts: Options, spec: base.MethodSpec) -> base.Method:
   modalities = spec.modalities
 
   def task_losses(outputs, batch):
     fused = losses.masked_mean(losses.cross_entropy(outputs["fused_logits"], batch["label"]),
                                batch.get("mask"))
     return jnp.concatenate([fused[None], base.unimodal_ce(outputs["logits"], batch)])
-
-  def loss(outputs, batch, state, step):
-    del state, step
-    values = task_losses(outputs, batch)
-    return values.sum(), {"metrics": {"loss_fused": values[0], "ce_unimodal": values[1:]}}
 
   def compute_grads(forward, params, batch, state, step):
     del state, step
@@ -104,7 +99,7 @@ def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
       part = base.encoder_part(per_task[m])
       new, cos, k = combine(jax.tree.map(lambda g: g[0], part),
                             jax.tree.map(lambda g, i=i: g[1 + i], part),
-                            base.encoder_part(total[m]), opts["gamma"])
+                            base.encoder_part(total[m]), opts.gamma)
       grads[m] = base.with_encoder_part(total[m], new)
       coss.append(cos)
       ks.append(k)
@@ -112,6 +107,8 @@ def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
                "pareto_cosine": jnp.stack(coss), "pareto_k_fused": jnp.stack(ks)}
     return values.sum(), grads, batch_stats, {"metrics": metrics}
 
-  return base.Method(name="mmpareto", init_state=base.no_state, loss=loss,
-                     compute_grads=compute_grads,
-                     model={"fusion": opts["fusion"], "detach_heads": False})
+  return base.Method(name="mmpareto", init_state=base.no_state, compute_grads=compute_grads,
+                     model={"fusion": opts.fusion, "detach_heads": False})
+
+
+DEFINITION = base.Definition(name="mmpareto", build=build, options=Options, display="MMPareto")

@@ -11,12 +11,13 @@ Strategies:
            with A_m(e) the validation accuracy of branch m and a FIFO memory of its last K
            accuracies, c_m = c_m^0 · A_m(e) / mean(memory_m) once the memory is full (not
            cumulative), c_m^0 before; then A_m(e) enters the memory.
-The per-epoch update is host-level: the runner calls `end_of_epoch` with the validation
-accuracies of the unimodal summands after every epoch; the factors then live in the state.
+The per-epoch update is host-level: the method's `between_epochs` hook calls `end_of_epoch` with
+the validation accuracies of the unimodal summands after every epoch; the factors then live in
+the state.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -25,14 +26,22 @@ from flax import struct
 from iib_jax import losses
 from iib_jax.methods import base
 
-DEFAULTS = {
-    "strategy": "dynamic",           # "dynamic" (AGM repository) or "keep"
-    "initial_factors": (0.9, 1.1),   # c_m^0 in config.modalities order (AGM repository, CREMA-D)
-    "memory": 5,                     # epochs of accuracy history (AGM repository)
-    "modulation_start": 0,           # first epoch with c_m != 1 (inclusive)
-    "modulation_end": -1,            # last epoch with c_m != 1 (inclusive); -1: to the end
-    "fusion": "sum",                 # "sum" (the additive model of the paper) or "concat"
-}
+@dataclasses.dataclass(frozen=True)
+class Options(base.Options):
+  strategy: str = "dynamic"                 # "dynamic" (AGM repository) or "keep"
+  initial_factors: tuple = (0.9, 1.1)       # c_m^0 in config.modalities order (AGM repo, CREMA-D)
+  memory: int = 5                           # epochs of accuracy history (AGM repository)
+  modulation_start: int = 0                 # first epoch with c_m != 1 (inclusive)
+  modulation_end: int = -1                  # last epoch with c_m != 1 (inclusive); -1: to the end
+  fusion: str = "sum"                       # "sum" (the additive model of the paper) or "concat"
+
+  def validate(self, modalities):
+    base.one_of("strategy", self.strategy, ("dynamic", "keep"))
+    base.one_of("fusion", self.fusion, ("sum", "concat"))
+    if modalities:
+      base.require(len(self.initial_factors) == len(modalities), "initial_factors",
+                   self.initial_factors, f"one factor per modality {tuple(modalities)}")
+    base.require(self.memory >= 1, "memory", self.memory, "an integer ≥ 1")
 
 
 class MSLRState(struct.PyTreeNode):
@@ -109,38 +118,37 @@ def scale_branches(grads, modalities: tuple[str, ...], factors: jax.Array, fusio
   return {**grads, "fusion": fusion_grads}
 
 
-def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
-  opts = {**DEFAULTS, **dict(options)}
-  if opts["strategy"] not in ("dynamic", "keep"):
-    raise ValueError(f"methods.mslr.strategy must be 'dynamic' or 'keep', got {opts['strategy']!r}")
-  if opts["fusion"] not in ("sum", "concat"):
-    raise ValueError(f"methods.mslr.fusion must be 'sum' or 'concat', got {opts['fusion']!r}")
-  if len(opts["initial_factors"]) != spec.num_modalities:
-    raise ValueError(f"methods.mslr.initial_factors needs one factor per modality "
-                     f"{spec.modalities}, got {tuple(opts['initial_factors'])}")
-  if int(opts["memory"]) < 1:
-    raise ValueError(f"methods.mslr.memory must be ≥ 1, got {opts['memory']!r}")
+def build(opts: Options, spec: base.MethodSpec) -> base.Method:
+  def factors_now(state: MSLRState, step):
+    active = base.in_window(spec.epoch(step), opts.modulation_start, opts.modulation_end)
+    return jnp.where(active, state.factors, jnp.ones_like(state.factors))
 
   def loss(outputs, batch, state: MSLRState, step):
     fused = losses.masked_mean(losses.cross_entropy(outputs["fused_logits"], batch["label"]),
                                batch.get("mask"))
-    active = base.in_window(spec.epoch(step), opts["modulation_start"], opts["modulation_end"])
     metrics = {"loss_fused": fused,
                "ce_unimodal": base.unimodal_ce(outputs["partial_logits"], batch),
-               "lr_factors": jnp.where(active, state.factors, 1.0)}
+               "lr_factors": factors_now(state, step)}
     return fused, {"metrics": metrics}
 
   def rewrite_grads(grads, aux, state: MSLRState, step):
     del aux
-    active = base.in_window(spec.epoch(step), opts["modulation_start"], opts["modulation_end"])
-    factors = jnp.where(active, state.factors, jnp.ones_like(state.factors))
-    return scale_branches(grads, spec.modalities, factors, opts["fusion"])
+    return scale_branches(grads, spec.modalities, factors_now(state, step), opts.fusion)
 
-  def predict(outputs, state):
-    del state
-    return outputs["fused_logits"], outputs["partial_logits"]
+  def hooks(context: base.Context) -> base.Hooks:
+    def between_epochs(epoch, state, val):
+      # The validation accuracies of the sum-fusion summands: what `predict` reports.
+      accuracies = [val[f"acc_{m}"] for m in spec.modalities]
+      new = end_of_epoch(state.method, accuracies, opts.strategy)
+      return state.replace(method=context.put(new))
+
+    return base.Hooks(between_epochs=between_epochs)
 
   return base.Method(
-      name="mslr", init_state=lambda: initial_state(opts["initial_factors"], int(opts["memory"])),
-      loss=loss, rewrite_grads=rewrite_grads, predict=predict,
-      model={"fusion": opts["fusion"], "detach_heads": True})
+      name="mslr", init_state=lambda: initial_state(opts.initial_factors, opts.memory),
+      loss=loss, rewrite_grads=rewrite_grads, predict=base.split_predict, hooks=hooks,
+      model={"fusion": opts.fusion, "detach_heads": True})
+
+
+DEFINITION = base.Definition(name="mslr", build=build, options=Options, display="MSLR",
+                             readout=lambda o: "fusion-layer summands")

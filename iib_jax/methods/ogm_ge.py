@@ -18,7 +18,7 @@ The multiplier acts on the gradient (faithful); under Adam its constant part is 
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -26,14 +26,18 @@ import jax.numpy as jnp
 from iib_jax import losses
 from iib_jax.methods import base
 
-DEFAULTS = {
-    "alpha": 0.1,               # README default run (0.8 suggested for CREMA-D)
-    "modulation_start": 0,      # first modulated epoch, inclusive (README)
-    "modulation_end": 50,       # last modulated epoch, inclusive (README); -1: to the end
-    "ge": True,                 # add the generalisation-enhancement noise (OGM-GE vs OGM)
-    "fusion": "concat",         # "concat" or "sum" (official options with linear fusion)
-    "noise_seed": 0,            # GE noise stream: key(noise_seed) folded with the step
-}
+@dataclasses.dataclass(frozen=True)
+class Options(base.Options):
+  alpha: float = 0.1          # README default run (0.8 suggested for CREMA-D)
+  modulation_start: int = 0   # first modulated epoch, inclusive (README)
+  modulation_end: int = 50    # last modulated epoch, inclusive (README); -1: to the end
+  ge: bool = True             # add the generalisation-enhancement noise (OGM-GE vs OGM)
+  fusion: str = "concat"      # "concat" or "sum" (official options with linear fusion)
+  noise_seed: int = 0         # GE noise stream: key(run seed + noise_seed) folded with the step
+
+  def validate(self, modalities):
+    base.one_of("fusion", self.fusion, ("concat", "sum"))
+    base.require_modalities("ogm_ge", modalities)
 
 
 def scores(unimodal_logits: jax.Array, labels: jax.Array,
@@ -108,32 +112,29 @@ def modulate(grads, modalities: tuple[str, ...], k: jax.Array, active: jax.Array
   return new
 
 
-def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
-  opts = {**DEFAULTS, **dict(options)}
-  if opts["fusion"] not in ("concat", "sum"):
-    raise ValueError(f"methods.ogm_ge.fusion must be 'concat' or 'sum', got {opts['fusion']!r}")
-  if spec.num_modalities < 2:
-    raise ValueError("ogm_ge needs at least two modalities")
+def build(opts: Options, spec: base.MethodSpec) -> base.Method:
+  # The GE noise stream follows the run's seed; `noise_seed` offsets it.
+  noise_seed = spec.seed + opts.noise_seed
 
   def loss(outputs, batch, state, step):
     del state, step
     labels, mask = batch["label"], batch.get("mask")
     fused = losses.masked_mean(losses.cross_entropy(outputs["fused_logits"], labels), mask)
     score = scores(jax.lax.stop_gradient(outputs["partial_logits"]), labels, mask)
-    k, ratio = coefficients(score, opts["alpha"])
+    k, ratio = coefficients(score, opts.alpha)
     metrics = {"loss_fused": fused, "ogm_coefficient": k, "ogm_ratio": ratio}
     return fused, {"metrics": metrics, "coefficients": k}
 
   def rewrite_grads(grads, aux, state, step):
     del state
-    active = base.in_window(spec.epoch(step), opts["modulation_start"], opts["modulation_end"])
-    key = (jax.random.fold_in(jax.random.key(opts["noise_seed"]), step) if opts["ge"] else None)
+    active = base.in_window(spec.epoch(step), opts.modulation_start, opts.modulation_end)
+    key = jax.random.fold_in(jax.random.key(noise_seed), step) if opts.ge else None
     return modulate(grads, spec.modalities, aux["coefficients"], active, key)
 
-  def predict(outputs, state):
-    del state
-    return outputs["fused_logits"], outputs["partial_logits"]
-
   return base.Method(name="ogm_ge", init_state=base.no_state, loss=loss,
-                     rewrite_grads=rewrite_grads, predict=predict,
-                     model={"fusion": opts["fusion"], "detach_heads": True})
+                     rewrite_grads=rewrite_grads, predict=base.split_predict,
+                     model={"fusion": opts.fusion, "detach_heads": True})
+
+
+DEFINITION = base.Definition(name="ogm_ge", build=build, options=Options, display="OGM-GE",
+                             readout=lambda o: "split fusion layer")

@@ -10,8 +10,9 @@ For M > 2 every modality whose score is below the best one gets β_m = α (for M
 official switch exactly). Prototypes are constants for the step; L_PCE's gradient reaches the
 encoders only.
 
-Prototype phase (host level, before epoch 0 and after every epoch): an eval-mode pass over the
-first ⌊N_batches/10⌋ shuffled training batches (AVE: the validation split) accumulates per-class
+Prototype phase (the method's hooks, before epoch 0 and after every epoch): an eval-mode pass over
+the first ⌊N_batches/10⌋ shuffled training batches (option `prototype_split="validation"`: the
+whole validation split, as the official AVE script; the AVE config sets it) accumulates per-class
 feature sums with `prototype_sums`; `set_prototypes` then writes
 c ← (1 − μ) c_new + μ c_old, except for the first `plain_passes` computations, which are plain
 means (the official code's `epoch <= 0` gate makes the pre-training and the epoch-0 computations
@@ -20,7 +21,8 @@ zero); a class never seen has no prototype and is left out of the distance softm
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import dataclasses
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -29,15 +31,22 @@ from flax import struct
 from iib_jax import losses
 from iib_jax.methods import base
 
-DEFAULTS = {
-    "alpha": 1.0,               # PCE coefficient α (official default; BalanceMM 0.6)
-    "momentum": 0.2,            # prototype momentum μ (official default; BalanceMM 0.5)
-    "plain_passes": 2,          # prototype computations that ignore the momentum (official: 2)
-    "modulation_start": 0,      # official window: epochs 0–100, inclusive
-    "modulation_end": 100,
-    "fusion": "concat",
-    "prototype_fraction": 0.1,  # share of the training batches the runner feeds to the pass
-}
+@dataclasses.dataclass(frozen=True)
+class Options(base.Options):
+  alpha: float = 1.0                # PCE coefficient α (official default; BalanceMM 0.6)
+  momentum: float = 0.2             # prototype momentum μ (official default; BalanceMM 0.5)
+  plain_passes: int = 2             # prototype computations that ignore the momentum (official: 2)
+  modulation_start: int = 0         # official window: epochs 0–100, inclusive
+  modulation_end: int = 100
+  fusion: str = "concat"
+  prototype_fraction: float = 0.1   # share of the training batches the prototype pass reads
+  prototype_split: str = "train"    # "train" (shuffled batches) or "validation" (official AVE)
+
+  def validate(self, modalities):
+    base.one_of("fusion", self.fusion, ("concat", "sum"))
+    base.require(0 < self.prototype_fraction <= 1, "prototype_fraction",
+                 self.prototype_fraction, "a fraction in (0, 1]")
+    base.one_of("prototype_split", self.prototype_split, ("train", "validation"))
 
 
 class PMRState(struct.PyTreeNode):
@@ -154,29 +163,41 @@ def pce_coefficients(score: jax.Array, alpha: float) -> jax.Array:
   return jnp.where(score < score.max(), alpha, 0.0)
 
 
-def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
-  opts = {**DEFAULTS, **dict(options)}
-  if opts["fusion"] not in ("concat", "sum"):
-    raise ValueError(f"methods.pmr.fusion must be 'concat' or 'sum', got {opts['fusion']!r}")
-
+def build(opts: Options, spec: base.MethodSpec) -> base.Method:
   def loss(outputs, batch, state: PMRState, step):
     labels, mask = batch["label"], batch.get("mask")
     fused = losses.masked_mean(losses.cross_entropy(outputs["fused_logits"], labels), mask)
     pce, score = prototype_terms(outputs["features"], state.protos, state.valid, labels, mask)
-    active = base.in_window(spec.epoch(step), opts["modulation_start"], opts["modulation_end"])
-    beta = jnp.where(active, pce_coefficients(jax.lax.stop_gradient(score), opts["alpha"]), 0.0)
+    active = base.in_window(spec.epoch(step), opts.modulation_start, opts.modulation_end)
+    beta = jnp.where(active, pce_coefficients(jax.lax.stop_gradient(score), opts.alpha), 0.0)
     total = fused + (beta * pce).sum()
     metrics = {"loss_fused": fused, "loss_pce": pce, "pmr_score": score, "pmr_beta": beta}
     return total, {"metrics": metrics}
 
-  def predict(outputs, state):
-    del state
-    return outputs["fused_logits"], outputs["partial_logits"]
+  def hooks(context: base.Context) -> base.Hooks:
+    data = context.data
+    step = make_prototype_step(context.model, context.method)
+    seed = context.stream_seed("pmr")
+
+    def batches(epoch: int):
+      if opts.prototype_split == "validation":
+        return data.eval("validation")
+      # ⌊N/10⌋ shuffled training batches; at least one, so a small dataset still has prototypes.
+      count = max(1, int(data.steps_per_epoch() * opts.prototype_fraction))
+      return itertools.islice(data.train(epoch, seed), count)
+
+    def prototypes(state, epoch: int):
+      state = prototype_pass(step, state, batches(epoch), opts.momentum, opts.plain_passes)
+      return state.replace(method=context.put(state.method))
+
+    return base.Hooks(before_training=lambda state: prototypes(state, 0),
+                      between_epochs=lambda epoch, state, val: prototypes(state, epoch + 1))
 
   return base.Method(
       name="pmr",
       init_state=lambda: initial_state(spec.num_modalities, spec.num_classes, spec.feature_dim),
-      loss=loss, predict=predict, model={"fusion": opts["fusion"], "detach_heads": True})
+      loss=loss, predict=base.split_predict, hooks=hooks,
+      model={"fusion": opts.fusion, "detach_heads": True})
 
 
 def make_prototype_step(model, method: base.Method):
@@ -210,3 +231,7 @@ def prototype_pass(prototype_step, state, batches, momentum: float, plain_passes
   if sums is None:
     return state
   return state.replace(method=set_prototypes(state.method, sums, counts, momentum, plain_passes))
+
+
+DEFINITION = base.Definition(name="pmr", build=build, options=Options, display="PMR",
+                             readout=lambda o: "split fusion layer")

@@ -5,8 +5,8 @@ alone, freeze the best (anchor), train the others under its guidance with a JS c
 and an MI-derived complementary loss whose weights adapt to gradient alignment" is a guess, listed
 in docs/FIDELITY.md (Baselines). Results of this reconstruction are not a reproduction.
 
-Stages (host level):
-  A  every modality alone (the library's `unimodal` method, shared with the IIB phase);
+Stages (host level, `train`):
+  A  every modality alone (the runner's unimodal phase, shared with IIBalance's budgets);
      `choose_anchor` from validation accuracy and mean predictive entropy.
   B  `stage="follower"`: the anchor runs in inference mode and receives no gradient; every
      follower m ≠ a minimises
@@ -19,7 +19,9 @@ Stages (host level):
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import dataclasses
+import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,18 +31,25 @@ from flax import struct
 from iib_jax import losses
 from iib_jax.methods import base
 
-DEFAULTS = {
-    "stage": "follower",            # "follower" (stage B) or "fusion" (stage C)
-    "supervised": True,             # keep the follower's CE (a follower without labels collapses)
-    "dynamic": True,                # gradient-alignment weights; False: fixed weights below
-    "consistency_weight": 1.0,      # w_cons when fixed, and its initial EMA value
-    "complementary_weight": 1.0,    # w_comp when fixed, and its initial EMA value
-    "weight_momentum": 0.9,         # EMA momentum of the dynamic weights
-    "tie_tolerance": 0.005,         # anchor choice: accuracies this close count as tied
-    "prediction": "head",           # "head" (stage-C fused head) or "mean_logits"
-    "follower_init": "unimodal",    # runner: followers start from stage A ("unimodal") or "random"
-    "fusion_epochs": 5,             # runner: epochs of stage C (not published; guess)
-}
+@dataclasses.dataclass(frozen=True)
+class Options(base.Options):
+  stage: str = "follower"             # "follower" (stage B) or "fusion" (stage C)
+  supervised: bool = True             # keep the follower's CE (a follower without labels collapses)
+  dynamic: bool = True                # gradient-alignment weights; False: fixed weights below
+  consistency_weight: float = 1.0     # w_cons when fixed, and its initial EMA value
+  complementary_weight: float = 1.0   # w_comp when fixed, and its initial EMA value
+  weight_momentum: float = 0.9        # EMA momentum of the dynamic weights
+  tie_tolerance: float = 0.005        # anchor choice: accuracies this close count as tied
+  prediction: str = "head"            # "head" (stage-C fused head) or "mean_logits"
+  follower_init: str = "unimodal"     # followers start from stage A ("unimodal") or "random"
+  fusion_epochs: int = 5              # epochs of stage C (not published; guess)
+
+  def validate(self, modalities):
+    base.one_of("stage", self.stage, ("follower", "fusion"))
+    base.one_of("prediction", self.prediction, ("head", "mean_logits"))
+    base.one_of("follower_init", self.follower_init, ("unimodal", "random"))
+    base.require(self.fusion_epochs >= 0, "fusion_epochs", self.fusion_epochs, "an integer ≥ 0")
+    base.require_modalities("udi", modalities)
 
 
 class UDIState(struct.PyTreeNode):
@@ -149,39 +158,18 @@ def dynamic_weights(per_task, modalities, previous_cons, previous_comp, momentum
   return cons, comp, cos_js, cos_comp
 
 
-def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
-  opts = {**DEFAULTS, **dict(options)}
-  if opts["stage"] not in ("follower", "fusion"):
-    raise ValueError(f"methods.udi.stage must be 'follower' or 'fusion', got {opts['stage']!r}")
-  if opts["prediction"] not in ("head", "mean_logits"):
-    raise ValueError(f"methods.udi.prediction must be 'head' or 'mean_logits', "
-                     f"got {opts['prediction']!r}")
-  if spec.num_modalities < 2:
-    raise ValueError("udi needs at least two modalities")
+def build(opts: Options, spec: base.MethodSpec) -> base.Method:
   modalities, num = spec.modalities, spec.num_modalities
 
   def init_state() -> UDIState:
     return UDIState(anchor=jnp.zeros((), jnp.int32),
-                    consistency_weight=jnp.full((num,), opts["consistency_weight"], jnp.float32),
-                    complementary_weight=jnp.full((num,), opts["complementary_weight"],
+                    consistency_weight=jnp.full((num,), opts.consistency_weight, jnp.float32),
+                    complementary_weight=jnp.full((num,), opts.complementary_weight,
                                                   jnp.float32))
 
   def fusion_loss(outputs, batch):
     return losses.masked_mean(losses.cross_entropy(outputs["fused_logits"], batch["label"]),
                               batch.get("mask"))
-
-  def loss(outputs, batch, state: UDIState, step):
-    """The stage's objective on one forward pass (reporting; training uses compute_grads)."""
-    del step
-    if opts["stage"] == "fusion":
-      value = fusion_loss(outputs, batch)
-      return value, {"metrics": {"loss_fused": value}}
-    follower = 1.0 - jax.nn.one_hot(state.anchor, num)
-    anchor_logits = jnp.take(outputs["logits"], state.anchor, axis=0)
-    anchor_feats = jnp.take(outputs["features"], state.anchor, axis=0)
-    parts = follower_losses(outputs, anchor_logits, anchor_feats, batch, opts["supervised"])
-    weights = jnp.stack([jnp.ones((num,)), state.consistency_weight, state.complementary_weight])
-    return (weights * parts * follower).sum(), {"metrics": {}}
 
   def fusion_grads(forward, params, batch, state, step):
     del state, step
@@ -205,14 +193,14 @@ def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
 
     def loss_fn(p):
       outputs, batch_stats = forward(p, batch, train=True)
-      parts = follower_losses(outputs, anchor_logits, anchor_feats, batch, opts["supervised"])
+      parts = follower_losses(outputs, anchor_logits, anchor_feats, batch, opts.supervised)
       return (parts * follower).sum(-1), (batch_stats, parts)                # [3]
 
-    if opts["dynamic"]:
+    if opts.dynamic:
       _, per_task, (batch_stats, parts) = base.multi_loss_grads(loss_fn, params)
       cons, comp, cos_js, cos_comp = dynamic_weights(
           per_task, modalities, state.consistency_weight, state.complementary_weight,
-          opts["weight_momentum"])
+          opts.weight_momentum)
       # The anchor has no auxiliary losses: its entries stay as they were.
       cons = jnp.where(follower > 0, cons, state.consistency_weight)
       comp = jnp.where(follower > 0, comp, state.complementary_weight)
@@ -244,7 +232,7 @@ def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
 
   def update_state(state: UDIState, aux, batch) -> UDIState:
     del batch
-    if opts["stage"] != "follower" or not opts["dynamic"]:
+    if opts.stage != "follower" or not opts.dynamic:
       return state
     cons, comp = aux["weights"]
     return state.replace(consistency_weight=cons, complementary_weight=comp)
@@ -252,13 +240,74 @@ def build(options: Mapping[str, Any], spec: base.MethodSpec) -> base.Method:
   def predict(outputs, state):
     del state
     logits = outputs["logits"]
-    if opts["prediction"] == "mean_logits":
+    if opts.prediction == "mean_logits":
       return logits.mean(0), logits
     return outputs["fused_logits"], logits
 
   return base.Method(
-      name="udi", init_state=init_state, loss=loss,
-      compute_grads=fusion_grads if opts["stage"] == "fusion" else follower_grads,
+      name="udi", init_state=init_state,
+      compute_grads=fusion_grads if opts.stage == "fusion" else follower_grads,
       update_state=update_state, predict=predict,
-      model={"fusion": "concat", "detach_heads": False},
-      needs_budgets=True)           # stage A is the runner's unimodal (IIB) phase
+      model={"fusion": "concat", "detach_heads": False})
+
+
+def train(stages: base.Stages, opts: Options) -> dict[str, Any]:
+  """A: the unimodal phase's models → the anchor; B: the followers under the frozen anchor;
+  C: the fused head over frozen encoders. Each stage is an ordinary training of this method
+  with its own `stage` option and frozen parameter groups; the last one runs in the run's
+  workdir, so its directory looks like any other (checkpoints/best, results.json)."""
+  modalities = stages.modalities
+  source = stages.unimodal_dir
+
+  def choose():
+    outputs = stages.unimodal_outputs("validation")
+    accuracy = np.mean(outputs["unimodal_pred"] == outputs["label"][:, None], axis=0)
+    entropy = np.mean(outputs["unimodal_entropy"], axis=0)
+    anchor = choose_anchor(accuracy, entropy, opts.tie_tolerance)
+    return {"anchor": modalities[anchor], "source": source,
+            "val_acc": dict(zip(modalities, map(float, accuracy))),
+            "val_entropy": dict(zip(modalities, map(float, entropy)))}
+
+  record = stages.record("udi", choose)
+  anchor_name = record["anchor"]
+  anchor = modalities.index(anchor_name)
+  stages.log(f"[udi] anchor {anchor_name} (validation accuracy "
+             + ", ".join(f"{m} {record['val_acc'][m]:.3f}" for m in modalities) + ")")
+  with_fusion = opts.prediction == "head" and opts.fusion_epochs > 0
+  follower_dir = (os.path.join(stages.workdir, "stages", "follower") if with_fusion
+                  else stages.workdir)
+
+  def follower_hooks(context):
+    def before_training(state):
+      groups = modalities if opts.follower_init == "unimodal" else (anchor_name,)
+      state = stages.load_branches(state, source, groups)
+      return state.replace(method=stages.put(with_anchor(state.method, anchor)))
+    return base.Hooks(before_training=before_training)
+
+  # Stage B selects on the mean of the unimodal logits: the fused head is not trained yet.
+  follower = stages.train_stage({"methods.udi.stage": "follower",
+                                 "methods.udi.prediction": "mean_logits"}, follower_dir,
+                                frozen=(anchor_name, "fusion"), hooks=follower_hooks)
+  record_b = {"anchor": anchor_name, "anchor_choice": record,
+              "follower": {"dir": follower_dir, "best_epoch": follower["best_epoch"],
+                           "test_best": follower["test_best"]}}
+  if not with_fusion:
+    return stages.finish(follower, record_b)
+
+  def fusion_hooks(context):
+    def before_training(state):
+      state = stages.load_branches(state, follower_dir, modalities + ("fusion",))
+      return state.replace(method=stages.put(with_anchor(state.method, anchor)))
+    return base.Hooks(before_training=before_training)
+
+  fused = stages.train_stage({"methods.udi.stage": "fusion", "optim.epochs": opts.fusion_epochs},
+                             stages.workdir, frozen=modalities, hooks=fusion_hooks)
+  return stages.finish(fused, record_b)
+
+
+DEFINITION = base.Definition(
+    name="udi", build=build, options=Options, train=train, display="UDI†",
+    # Stage A is the runner's unimodal phase.
+    needs_budgets=True,
+    note="† reconstruction from the paper's abstract and reviews, not a reproduction "
+         "(docs/FIDELITY.md).")

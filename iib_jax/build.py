@@ -1,0 +1,74 @@
+"""From a run's config (`experiments/configs`, or a run's `config.json`) to the library's objects.
+
+  spec = build.method_spec(config, num_classes, steps_per_epoch, budgets=...)
+  method = build.method(config, config.method, spec)
+  model = build.model(config, num_classes, method)
+  tx = build.optimizer(config)
+
+The one place that reads the config's model and optimiser sections, so training, evaluation and
+prediction rebuild exactly the same model. No TensorFlow.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import optax
+
+from iib_jax import methods, train
+from iib_jax.models import MultimodalModel, build_model
+
+# MultimodalModel fields set from config.model (the rest come from the method's `model`).
+MODEL_FIELDS = ("gate_hidden", "gate_pool", "detach_uncertainty", "detach_gate_features")
+
+
+def method_spec(config, num_classes: int, steps_per_epoch: int, epochs: int | None = None,
+                budgets: Mapping[str, Any] | Sequence[float] | None = None) -> methods.MethodSpec:
+  """The static facts a method is built from.
+
+  Args:
+    config: the run's config.
+    num_classes: C.
+    steps_per_epoch: optimiser steps per epoch.
+    epochs: T (default `config.optim.epochs`).
+    budgets: the unimodal phase's record (`budgets.json`) or its [M] budgets, or None.
+  """
+  if isinstance(budgets, Mapping):
+    budgets = budgets["budgets"]
+  return methods.MethodSpec(tuple(config.modalities), int(num_classes),
+                            int(config.model.feature_dim), int(steps_per_epoch),
+                            int(config.optim.epochs if epochs is None else epochs),
+                            None if budgets is None else tuple(float(b) for b in budgets),
+                            int(config.seed))
+
+
+def method_options(config, name: str) -> Any:
+  """The typed options of method `name` from `config.methods.<name>` (validated)."""
+  return methods.definition(name).options_from(config.methods.get(name),
+                                               tuple(config.modalities))
+
+
+def unimodal_readout(config, name: str) -> str:
+  """Which logits method `name`'s Acc_<modality> reads (METHODS.md §1.1: the conventions
+  differ), with the run's options."""
+  return methods.definition(name).readout(method_options(config, name))
+
+
+def method(config, name: str, spec: methods.MethodSpec) -> methods.Method:
+  """Method `name` with the run's options."""
+  return methods.definition(name).build(method_options(config, name), spec)
+
+
+def model(config, num_classes: int, method_: methods.Method) -> MultimodalModel:
+  """The multimodal model of the run, with the method's own model fields."""
+  fields = {k: config.model[k] for k in MODEL_FIELDS}
+  fields.update(method_.model)
+  return build_model(tuple(config.modalities), dict(config.model.encoders), num_classes,
+                     feature_dim=config.model.feature_dim, encoder_size=config.model.encoder_size,
+                     dtype=config.model.dtype, **fields)
+
+
+def optimizer(config, frozen: Sequence[str] = ()) -> optax.GradientTransformation:
+  """The run's optimiser; `frozen` top-level parameter groups get zero updates."""
+  o = config.optim
+  tx = train.make_optimizer(o.name, o.learning_rate, o.weight_decay, o.momentum)
+  return methods.base.freeze_branches(tx, tuple(frozen)) if frozen else tx
