@@ -16,6 +16,7 @@ and `tfds.builder_from_directory(<out_dir>/<dataset>)` loads it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any, Mapping
@@ -101,6 +102,15 @@ def shard_name(split: str, index: int, num_shards: int) -> str:
   """
   digits = max(5, len(str(num_shards)))
   return f"{split}-{index:0{digits}d}-of-{num_shards:0{digits}d}.{FILE_FORMAT}"
+
+
+def file_sha256(path: str) -> str:
+  """Hex SHA-256 of a file's bytes (as `sha256sum` prints it); the checksum of a shard."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      digest.update(block)
+  return digest.hexdigest()
 
 
 def load_info(data_dir: str) -> dict[str, Any]:
