@@ -568,7 +568,8 @@ def _write_tfds_metadata(data_dir, listing, config, shard_lengths, num_bytes, me
             split_infos=split_infos, filename_template=template, check_data=False,
             description=description, metadata=tfds.core.MetadataDict(metadata))
       for entry in sorted(os.listdir(tfds_dir)):
-        if not entry.endswith("." + schema.FILE_FORMAT):
+        # tfds's metadata.json is the one written below, indented.
+        if not entry.endswith("." + schema.FILE_FORMAT) and entry != schema.METADATA_FILE:
           os.replace(os.path.join(tfds_dir, entry), os.path.join(data_dir, entry))
     except (OSError, tf.errors.OpError) as e:  # e.g. a full disk
       raise _write_failure(os.path.join(data_dir, schema.TFDS_INFO_FILE), tfds_dir, e) from e
