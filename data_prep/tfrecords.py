@@ -137,9 +137,15 @@ def _shard_done(data_dir: str, state_dir: str, name: str) -> Optional[dict]:
   if record.get("num_bytes") != os.path.getsize(shard_path):
     return None
   # A shard damaged after it was written (a bit flip, an overwrite of the same size) is redone.
-  if "sha256" in record and record["sha256"] != schema.file_sha256(shard_path):
+  if "sha256" in record:
+    return record if record["sha256"] == schema.file_sha256(shard_path) else None
+  # A record from before checksums: the shard's records and their CRCs are read instead.
+  tf = _import_tf()
+  try:
+    count = sum(1 for _ in tf.data.TFRecordDataset(shard_path))
+  except tf.errors.OpError:
     return None
-  return record
+  return record if count == record.get("num_examples") else None
 
 
 @contextlib.contextmanager
