@@ -47,7 +47,8 @@ class VideoClip:
   """Frames of one clip.
 
   Attributes:
-    frames: [num_frames] JPEG bytes, RGB, height x width, frame k at time start + k / fps.
+    frames: [num_frames] JPEG bytes, RGB, height x width; frame k is the source frame ffmpeg's
+      fps filter gives at start + k / fps (`decode_video`).
     fps: the output frame rate.
     height, width: the frame size.
     duration: seconds covered by the frames (num_frames / fps).

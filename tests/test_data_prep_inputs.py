@@ -9,8 +9,6 @@ import errno
 import hashlib
 import json
 import os
-import resource
-import signal
 import subprocess
 import sys
 
@@ -225,13 +223,18 @@ def test_no_train_clip_prepared_is_an_error(tmp_path, capsys):
 # A full disk.
 
 
-def _limit_file_size(limit):
-  def set_limit():
-    # Writes past the limit then fail with EFBIG, as on a full disk with ENOSPC, instead of the
-    # process being killed by SIGXFSZ.
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-  return set_limit
+def limited_command(module, args, limit):
+  """`python -m module args` in which no file may grow past `limit` bytes.
+
+  Writes past the limit then fail with EFBIG, as writes on a full disk fail with ENOSPC (SIGXFSZ
+  is ignored, or it would kill the process). Set in the child itself: a preexec_fn would fork
+  this multithreaded (JAX) process.
+  """
+  code = (f"import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+          f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+          f"sys.argv = [{module!r}] + {list(args)!r}; "
+          f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)")
+  return [sys.executable, "-c", code]
 
 
 def test_a_full_disk_while_writing_a_shard_names_it_and_keeps_finished_shards(tmp_path):
@@ -246,9 +249,8 @@ def test_a_full_disk_while_writing_a_shard_names_it_and_keeps_finished_shards(tm
   out = tmp_path / "out"
   args = ["--raw_dir", str(raw), "--out_dir", str(out), "--clips_per_shard", "1"] + FLAGS
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  result = subprocess.run([sys.executable, "-m", "data_prep.kinetics_sounds"] + args, cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300,
-                          preexec_fn=_limit_file_size(200_000))
+  result = subprocess.run(limited_command("data_prep.kinetics_sounds", args, 200_000), cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 1, result.stderr[-2000:]
   data_dir = out / "kinetics_sounds"
   plan = json.load(open(data_dir / ".prepare" / "plan.json"))
