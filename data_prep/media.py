@@ -227,7 +227,8 @@ def decode_video(path: str, *, fps: float = 16.0, size: Sequence[int] = (224, 22
         index += 1
         if prev is not None:
           # The filter outputs the buffered frame until the next one's rounded time comes.
-          while k < tick(pts) and k < max_frames:
+          next_tick = tick(pts)
+          while k < next_tick and k < max_frames:
             emit()
             k += 1
         if k >= max_frames:

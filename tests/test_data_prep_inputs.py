@@ -116,7 +116,7 @@ def test_crema_d_and_ave_names_out_of_the_raw_dir_are_skipped_rows(tmp_path, out
   os.symlink(outside, raw / "VideoFlash" / "1002_DFA_NEU_XX.flv")
   (raw / "train.csv").write_text(f"{good},ANG\n../../elsewhere/1003_DFA_SAD_XX,SAD\n"
                                  f"1002_DFA_NEU_XX,NEU\n")
-  (raw / "test.csv").write_text(f"/etc/1004_DFA_HAP_XX,HAP\n")
+  (raw / "test.csv").write_text("/etc/1004_DFA_HAP_XX,HAP\n")
   listing = crema_d.list_clips(str(raw), split="csv", val_fraction=0.0)
   assert [c.clip_id for c in listing.splits["train"]] == [good]
   assert {(s.split, s.clip_id, s.kind) for s in listing.skipped} == {
