@@ -20,8 +20,9 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from data_prep.splits import (BAD_LINE, UNKNOWN_LABEL, Clip, Listing, Skip, carve,
-                              drop_duplicates, file_index, read_lines, sort_splits)
+from data_prep.splits import (BAD_LINE, OUTSIDE, UNKNOWN_LABEL, Clip, Listing, OutsideRawDir,
+                              Skip, carve, clip_file, drop_duplicates, file_index,
+                              read_split_lines, sort_splits)
 
 NAME = "ave"
 SPLIT_FILES = {"train": "trainSet.txt", "validation": "valSet.txt", "test": "testSet.txt"}
@@ -45,7 +46,7 @@ def _is_header(text: str) -> bool:
 
 
 def list_clips(raw_dir: str, *, val_fraction: float = 0.1, seed: int = 0,
-               name: str = NAME) -> Listing:
+               name: str = NAME, follow_symlinks: bool = False) -> Listing:
   """Reads AVE's annotation and split files.
 
   Args:
@@ -53,9 +54,12 @@ def list_clips(raw_dir: str, *, val_fraction: float = 0.1, seed: int = 0,
     val_fraction: share of train carved out when valSet.txt is absent.
     seed: seeds that carving.
     name: the dataset name.
+    follow_symlinks: accept media files that are symbolic links leading out of raw_dir.
 
   Returns:
-    A Listing whose clips carry their event segment.
+    A Listing whose clips carry their event segment; split lines that are not UTF-8, do not
+    parse, name an unknown category or a file outside raw_dir (`splits.clip_file`) are in
+    `skipped`.
 
   Raises:
     ValueError: trainSet.txt or testSet.txt is missing.
@@ -68,28 +72,36 @@ def list_clips(raw_dir: str, *, val_fraction: float = 0.1, seed: int = 0,
   annotations = os.path.join(raw_dir, "Annotations.txt")
   categories: set[str] = set()
   if os.path.exists(annotations):
-    for _, text in read_lines(annotations):
+    # A bad annotation line matters only if a split lists its video; it is reported there.
+    for _, text in read_split_lines(annotations, "annotations", []):
       if _is_header(text):
         continue
       try:
         categories.add(_parse(text)[0])
       except ValueError:
-        continue  # a bad annotation line matters only if a split lists it; reported there
+        continue
 
   skipped: list[Skip] = []
-  rows: dict[str, list[tuple[str, str, float, float]]] = {}
+  rows: dict[str, list[tuple[str, str, float, float, str]]] = {}
   for split, path in paths.items():
     if not os.path.exists(path):
       continue
     rows[split] = []
-    for lineno, text in read_lines(path):
+    for lineno, text in read_split_lines(path, split, skipped):
       if _is_header(text):
         continue
       where = f"{os.path.basename(path)}:{lineno}"
       try:
-        rows[split].append(_parse(text))
+        category, video_id, start, end = _parse(text)
       except ValueError as e:
         skipped.append(Skip(split, where, BAD_LINE, f"{where}: cannot parse {text!r}: {e}"))
+        continue
+      try:
+        video = clip_file(raw_dir, "AVE", video_id, videos, ".mp4", follow_symlinks)
+      except OutsideRawDir as e:
+        skipped.append(Skip(split, where, OUTSIDE, f"{where}: {e}"))
+        continue
+      rows[split].append((category, video_id, start, end, video))
   from_annotations = bool(categories)
   if not categories:
     categories = {row[0] for r in rows.values() for row in r}
@@ -98,15 +110,14 @@ def list_clips(raw_dir: str, *, val_fraction: float = 0.1, seed: int = 0,
   splits: dict[str, list[Clip]] = {}
   for split, r in rows.items():
     splits[split] = []
-    for category, video_id, start, end in r:
+    for category, video_id, start, end, video in r:
       if category not in class_names:
         skipped.append(Skip(split, video_id, UNKNOWN_LABEL,
                             f"category {category!r} is not in {annotations}"))
         continue
       splits[split].append(Clip(
           clip_id=video_id, label=class_names.index(category), label_name=category,
-          video_path=videos.get(video_id, os.path.join(raw_dir, "AVE", video_id + ".mp4")),
-          start=start, end=end))
+          video_path=video, start=start, end=end))
   drop_duplicates(splits, skipped)
   carved = "validation" not in splits
   if carved:
@@ -120,12 +131,13 @@ def list_clips(raw_dir: str, *, val_fraction: float = 0.1, seed: int = 0,
       "segment": "only [StartTime, EndTime) of each video (frames and audio)",
   }
   return Listing(name=name, class_names=class_names, splits=sort_splits(splits),
-                 skipped=skipped, source=source)
+                 skipped=skipped, source=source,
+                 split_files={s: p for s, p in paths.items() if os.path.exists(p)})
 
 
 def _list(args: argparse.Namespace) -> Listing:
   return list_clips(args.raw_dir, val_fraction=args.val_fraction, seed=args.seed,
-                    name=args.name)
+                    name=args.name, follow_symlinks=args.follow_symlinks)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -80,6 +80,9 @@ def make_parser(dataset: str, description: str, *, audio_frames: Optional[int] =
                  help="share of train carved out (seeded, per class) as the validation split "
                  "when the dataset has none")
   p.add_argument("--seed", type=int, default=0, help="seeds the validation split and shards")
+  p.add_argument("--follow_symlinks", action="store_true",
+                 help="accept media files that are symbolic links leading out of --raw_dir "
+                 "(by default they are skipped, as names with '..' or absolute paths are)")
   p.add_argument("--overwrite", action="store_true",
                  help="delete an earlier preparation in OUT_DIR/NAME first")
   p.add_argument("--no_progress", action="store_true", help="no progress bar")

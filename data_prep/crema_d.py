@@ -24,8 +24,9 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from data_prep.splits import (BAD_LINE, UNKNOWN_LABEL, Clip, Listing, Skip, carve,
-                              drop_duplicates, file_index, read_lines, sort_splits)
+from data_prep.splits import (BAD_LINE, OUTSIDE, UNKNOWN_LABEL, Clip, Listing, OutsideRawDir,
+                              Skip, carve, clip_file, drop_duplicates, file_index,
+                              read_split_lines, sort_splits)
 
 NAME = "crema_d"
 EMOTIONS = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
@@ -44,7 +45,8 @@ def actor_of(clip_id: str) -> str:
 
 
 def list_clips(raw_dir: str, *, split: str = "auto", val_fraction: float = 0.1,
-               test_fraction: float = 0.1, seed: int = 0, name: str = NAME) -> Listing:
+               test_fraction: float = 0.1, seed: int = 0, name: str = NAME,
+               follow_symlinks: bool = False) -> Listing:
   """Lists CREMA-D clips and splits them.
 
   Args:
@@ -54,9 +56,11 @@ def list_clips(raw_dir: str, *, split: str = "auto", val_fraction: float = 0.1,
     test_fraction: share of actors in test with split='speaker'.
     seed: seeds the carving.
     name: the dataset name.
+    follow_symlinks: accept media files that are symbolic links leading out of raw_dir.
 
   Returns:
-    A Listing.
+    A Listing; csv lines that are not UTF-8, do not parse, name an unknown emotion or a file
+    outside raw_dir (`splits.clip_file`) are in `skipped`.
 
   Raises:
     ValueError: an unknown split mode, or split='csv' without the csv files.
@@ -72,6 +76,14 @@ def list_clips(raw_dir: str, *, split: str = "auto", val_fraction: float = 0.1,
   skipped: list[Skip] = []
 
   def make_clip(split_name: str, clip_id: str, where: str) -> Optional[Clip]:
+    try:
+      video = clip_file(raw_dir, "VideoFlash", clip_id, videos, ".flv", follow_symlinks)
+      wav = clip_file(raw_dir, "AudioWAV", clip_id, wavs, ".wav", follow_symlinks)
+    except OutsideRawDir as e:
+      # A csv line is named by its place; a file found in the folders by its clip id.
+      skipped.append(Skip(split_name, where if split == "csv" else clip_id, OUTSIDE,
+                          f"{where}: {e}"))
+      return None
     emotion = emotion_of(clip_id)
     if emotion is None:
       skipped.append(Skip(split_name, clip_id, UNKNOWN_LABEL,
@@ -79,10 +91,7 @@ def list_clips(raw_dir: str, *, split: str = "auto", val_fraction: float = 0.1,
                           f"actor_sentence_EMO_level with EMO in {', '.join(EMOTIONS)})"))
       return None
     return Clip(clip_id=clip_id, label=EMOTIONS.index(emotion), label_name=emotion,
-                video_path=videos.get(clip_id, os.path.join(raw_dir, "VideoFlash",
-                                                             clip_id + ".flv")),
-                audio_path=wavs.get(clip_id, os.path.join(raw_dir, "AudioWAV",
-                                                          clip_id + ".wav")))
+                video_path=video, audio_path=wav)
 
   splits: dict[str, list[Clip]] = {}
   if split == "csv":
@@ -90,7 +99,7 @@ def list_clips(raw_dir: str, *, split: str = "auto", val_fraction: float = 0.1,
       if not os.path.exists(path):
         raise ValueError(f"{path} not found; use --split speaker for a split by actor")
       splits[s] = []
-      for lineno, text in read_lines(path):
+      for lineno, text in read_split_lines(path, s, skipped):
         where = f"{os.path.basename(path)}:{lineno}"
         parts = [p.strip() for p in text.split(",")]
         if len(parts) != 2 or not parts[0]:
@@ -127,7 +136,8 @@ def list_clips(raw_dir: str, *, split: str = "auto", val_fraction: float = 0.1,
   source = {"dataset": "crema_d", "raw_dir": os.path.abspath(raw_dir), "split": split,
             "split_description": how, "audio_from": "AudioWAV/<id>.wav"}
   return Listing(name=name, class_names=list(EMOTIONS), splits=sort_splits(splits),
-                 skipped=skipped, source=source)
+                 skipped=skipped, source=source,
+                 split_files=dict(csvs) if split == "csv" else {})
 
 
 def _flags(p: argparse.ArgumentParser) -> None:
@@ -138,7 +148,8 @@ def _flags(p: argparse.ArgumentParser) -> None:
 
 def _list(args: argparse.Namespace) -> Listing:
   return list_clips(args.raw_dir, split=args.split, val_fraction=args.val_fraction,
-                    test_fraction=args.test_fraction, seed=args.seed, name=args.name)
+                    test_fraction=args.test_fraction, seed=args.seed, name=args.name,
+                    follow_symlinks=args.follow_symlinks)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -18,9 +18,9 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from data_prep.splits import (BAD_LINE, UNKNOWN_LABEL, Clip, Listing, Skip, carve,
-                              drop_duplicates, file_index, read_class_list, read_lines,
-                              sort_splits)
+from data_prep.splits import (BAD_LINE, OUTSIDE, UNKNOWN_LABEL, Clip, Listing, OutsideRawDir,
+                              Skip, carve, clip_file, drop_duplicates, file_index,
+                              read_class_list, read_split_lines, sort_splits)
 
 NAME = "kinetics_sounds"
 SPLIT_FILES = {
@@ -42,7 +42,7 @@ def _find(raw_dir: str, names: Sequence[str]) -> Optional[str]:
 
 
 def list_clips(raw_dir: str, *, val_fraction: float = 0.1, seed: int = 0,
-               name: str = NAME) -> Listing:
+               name: str = NAME, follow_symlinks: bool = False) -> Listing:
   """Reads the split files of a Kinetics-Sounds layout.
 
   Args:
@@ -50,9 +50,11 @@ def list_clips(raw_dir: str, *, val_fraction: float = 0.1, seed: int = 0,
     val_fraction: share of train carved out (per class, seeded) when there is no val file.
     seed: the seed of that carving.
     name: the dataset name.
+    follow_symlinks: accept media files that are symbolic links leading out of raw_dir.
 
   Returns:
-    A Listing; lines that do not parse or name an unknown label are in `skipped`.
+    A Listing; lines that are not UTF-8, do not parse, name an unknown label or a file outside
+    raw_dir (`splits.clip_file`) are in `skipped`.
 
   Raises:
     ValueError: naming the directory, when no train or no test split file exists.
@@ -67,13 +69,13 @@ def list_clips(raw_dir: str, *, val_fraction: float = 0.1, seed: int = 0,
   videos = file_index(os.path.join(raw_dir, "videos"), VIDEO_EXTENSIONS)
   wavs = file_index(os.path.join(raw_dir, "audio"), (".wav",))
 
-  rows: dict[str, list[tuple[str, int]]] = {}
+  rows: dict[str, list[tuple[str, int, str, Optional[str]]]] = {}
   skipped: list[Skip] = []
   for split, path in paths.items():
     if path is None:
       continue
     rows[split] = []
-    for lineno, text in read_lines(path):
+    for lineno, text in read_split_lines(path, split, skipped):
       where = f"{os.path.basename(path)}:{lineno}"
       parts = text.rsplit(",", 2)  # split from the right: only the name could hold a comma
       try:
@@ -90,16 +92,20 @@ def list_clips(raw_dir: str, *, val_fraction: float = 0.1, seed: int = 0,
                             f"{where}: label {label} is not a class index"
                             + (f" (classes.txt lists {len(class_names)})" if class_names else "")))
         continue
-      rows[split].append((clip_id, label))
+      try:
+        video = clip_file(raw_dir, "videos", clip_id, videos, ".mp4", follow_symlinks)
+        wav = clip_file(raw_dir, "audio", clip_id, wavs, None, follow_symlinks)
+      except OutsideRawDir as e:
+        skipped.append(Skip(split, where, OUTSIDE, f"{where}: {e}"))
+        continue
+      rows[split].append((clip_id, label, video, wav))
 
   if class_names is None:
-    top = max((label for r in rows.values() for _, label in r), default=-1)
+    top = max((row[1] for r in rows.values() for row in r), default=-1)
     class_names = [f"class_{i}" for i in range(top + 1)]
   splits = {split: [Clip(clip_id=clip_id, label=label, label_name=class_names[label],
-                         video_path=videos.get(clip_id, os.path.join(raw_dir, "videos",
-                                                                    clip_id + ".mp4")),
-                         audio_path=wavs.get(clip_id))
-                    for clip_id, label in r]
+                         video_path=video, audio_path=wav)
+                    for clip_id, label, video, wav in r]
             for split, r in rows.items()}
   drop_duplicates(splits, skipped)
   carved = "validation" not in splits
@@ -114,12 +120,13 @@ def list_clips(raw_dir: str, *, val_fraction: float = 0.1, seed: int = 0,
       "audio_from": "audio/<name>.wav when present, else the video's audio track",
   }
   return Listing(name=name, class_names=class_names, splits=sort_splits(splits),
-                 skipped=skipped, source=source)
+                 skipped=skipped, source=source,
+                 split_files={s: p for s, p in paths.items() if p})
 
 
 def _list(args: argparse.Namespace) -> Listing:
   return list_clips(args.raw_dir, val_fraction=args.val_fraction, seed=args.seed,
-                    name=args.name)
+                    name=args.name, follow_symlinks=args.follow_symlinks)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -9,6 +9,7 @@ import dataclasses
 import io
 import math
 import os
+from fractions import Fraction
 from typing import Optional, Sequence
 
 import av
@@ -46,7 +47,8 @@ class VideoClip:
   """Frames of one clip.
 
   Attributes:
-    frames: [num_frames] JPEG bytes, RGB, height x width, frame k at time start + k / fps.
+    frames: [num_frames] JPEG bytes, RGB, height x width; frame k is the source frame ffmpeg's
+      fps filter gives at start + k / fps (`decode_video`).
     fps: the output frame rate.
     height, width: the frame size.
     duration: seconds covered by the frames (num_frames / fps).
@@ -79,12 +81,6 @@ def _open(path: str):
     raise MediaError(path, UNREADABLE, "no audio or video stream (truncated, or not a media "
                      "file?)")
   return container
-
-
-def _stream_start(stream) -> float:
-  if stream.start_time is None or stream.time_base is None:
-    return 0.0
-  return float(stream.start_time * stream.time_base)
 
 
 def _declared_duration(stream) -> Optional[float]:
@@ -120,22 +116,55 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
   return buf.getvalue()
 
 
+def _round_near(x: Fraction) -> int:
+  """x to the nearest integer, halves away from zero (libavutil's AV_ROUND_NEAR_INF)."""
+  n = math.floor(abs(x) + Fraction(1, 2))
+  return n if x >= 0 else -n
+
+
+def _seconds(x: float) -> Fraction:
+  # Microseconds, as ffmpeg's options: 0.1 s is 1/10, not the binary float nearest to it.
+  return Fraction(x).limit_denominator(1_000_000)
+
+
+def _frame_duration(frame, pts: int, prev_pts: Optional[int], rate_ticks: int) -> int:
+  """The display time of a frame in stream ticks, as ffmpeg's command line estimates it.
+
+  fftools/ffmpeg_dec.c (video_duration_estimate): the frame's own duration, unless it is a
+  made-up 1 tick, else the gap since the previous frame, else one period of the stream's rate.
+  FLV frames carry no duration, so their last frame is shown for the gap before it.
+  """
+  duration = frame.duration or 0
+  gap = pts - prev_pts if prev_pts is not None else -1
+  if duration > 0 and not (duration == 1 and gap > 2):
+    return duration
+  if gap > 0:
+    return gap
+  return duration if duration > 0 else rate_ticks
+
+
 def decode_video(path: str, *, fps: float = 16.0, size: Sequence[int] = (224, 224),
                  start: Optional[float] = None, end: Optional[float] = None,
                  jpeg_quality: int = 90, interpolation: str = "AREA") -> VideoClip:
   """Decodes a video stream into frames at a fixed rate, resized and JPEG-encoded.
 
-  Output frame k shows the source frame on screen at time start + k / fps, i.e. the last
-  source frame whose timestamp is at or before it (a source frame is repeated when fps is
-  above the source rate and skipped when below, like ffmpeg's fps filter). Frames cover
-  [start, end) clipped to the stream; times are relative to the stream's start.
+  The frames are those of ffmpeg's fps filter (`fps=FPS:start_time=S`, rounding 'near', the
+  end of the last frame as its end of stream), for any time base of the stream: each source
+  frame's timestamp, relative to S, is rounded to the nearest multiple of 1 / fps, and output
+  frame k is the last source frame whose rounded timestamp is at or before k / fps (a source
+  frame repeats when fps is above the source rate and is dropped when below). S is the stream's
+  start plus `start`; output frames are those at times below `end` and below the end of the
+  last source frame rounded to 1 / fps. All timestamp arithmetic is exact (integers and
+  fractions), so millisecond stamps (FLV, Matroska, MP4 at timescale 1000) select the same
+  frames as exact ones.
 
   Args:
     path: the media file.
     fps: output frames per second.
     size: (height, width) of the output frames; the aspect ratio is not preserved (as
       torchvision's Resize((224, 224)) in the reference pipelines).
-    start, end: the segment in seconds, or None for the stream's start / end.
+    start, end: the segment in seconds relative to the stream's start, or None for the
+      stream's start / end.
     jpeg_quality: quality of the stored JPEGs.
     interpolation: libswscale interpolation for the resize ('AREA' averages when shrinking).
 
@@ -148,28 +177,39 @@ def decode_video(path: str, *, fps: float = 16.0, size: Sequence[int] = (224, 22
   """
   height, width = int(size[0]), int(size[1])
   start = 0.0 if start is None else float(start)
-  seg_end = math.inf if end is None else float(end)
+  rate = Fraction(fps).limit_denominator(1_001_000)  # as av_d2q for the filter's fps option
+  if rate <= 0:
+    raise ValueError(f"fps must be positive, got {fps}")
+  # Output frames k < max_frames lie before the segment's end.
+  max_frames = math.inf if end is None else max(0, math.ceil((_seconds(end) - _seconds(start))
+                                                             * rate))
   container = _open(path)
   try:
     if not container.streams.video:
       raise MediaError(path, NO_VIDEO, "no video stream")
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
-    t0 = _stream_start(stream)
-    rate = stream.average_rate or stream.guessed_rate
-    source_fps = float(rate) if rate else 0.0
-    frame_period = 1.0 / source_fps if source_fps > 0 else 0.0
+    source_rate = stream.average_rate or stream.guessed_rate
+    source_fps = float(source_rate) if source_rate else 0.0
+    time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 1_000_000)
+    stream_start = stream.start_time if stream.start_time is not None else 0
+    rate_ticks = max(1, _round_near(1 / (Fraction(source_rate) * time_base))) if source_rate else 1
+    # The filter's offsets: the segment start in stream ticks, and the same in output ticks.
+    in_offset = stream_start + _round_near(_seconds(start) / time_base)
+    out_offset = _round_near(in_offset * time_base * rate)
+
+    def tick(pts):
+      return _round_near((pts - in_offset) * time_base * rate)
+
     if start > _SEEK_AFTER_S and stream.time_base is not None:
       # Lands on the keyframe at or before the target; frames before `start` are decoded and
-      # only kept as the frame on screen at `start`.
-      container.seek(int((t0 + start - 1.0) / stream.time_base), stream=stream, backward=True)
+      # only kept as candidates for the first output frame.
+      container.seek(stream_start + int((start - 1.0) / time_base), stream=stream,
+                     backward=True)
 
     frames: list[bytes] = []
-    prev, prev_jpeg, last_time = None, None, None
+    prev, prev_jpeg, prev_pts = None, None, None
     k, index = 0, 0
-
-    def target(k):
-      return start + k / fps
 
     def emit():
       nonlocal prev_jpeg
@@ -181,17 +221,20 @@ def decode_video(path: str, *, fps: float = 16.0, size: Sequence[int] = (224, 22
 
     try:
       for frame in container.decode(stream):
-        t = (frame.time - t0) if frame.time is not None else index * frame_period
+        # A frame without a timestamp follows the previous one by a period of the stream.
+        pts = frame.pts if frame.pts is not None else (
+            stream_start if prev_pts is None else prev_pts + rate_ticks)
         index += 1
         if prev is not None:
-          # 1e-6 s: a frame stamped exactly at a target time is the one shown at that time.
-          while target(k) < t - 1e-6 and target(k) < seg_end:
+          # The filter outputs the buffered frame until the next one's rounded time comes.
+          next_tick = tick(pts)
+          while k < next_tick and k < max_frames:
             emit()
             k += 1
-        if target(k) >= seg_end:
+        if k >= max_frames:
           break
-        prev, prev_jpeg = frame, None
-        last_time = t
+        duration = _frame_duration(frame, pts, prev_pts, rate_ticks)
+        prev, prev_jpeg, prev_pts = frame, None, pts
     except MediaError:
       raise
     except Exception as e:
@@ -199,12 +242,15 @@ def decode_video(path: str, *, fps: float = 16.0, size: Sequence[int] = (224, 22
 
     if prev is None:
       raise MediaError(path, NO_VIDEO, "video stream has no decodable frame")
-    if target(k) < seg_end:
-      # The last frame stays on screen for one source frame period.
-      media_end = last_time + frame_period
-      _check_not_truncated(path, "video", media_end, _declared_duration(stream), start,
-                           None if math.isinf(seg_end) else seg_end)
-      while target(k) < min(seg_end, media_end) - 1e-6:
+    if k < max_frames:
+      # The stream ends where its last frame does, rounded to the output rate (the filter's
+      # end of stream, in absolute output ticks).
+      media_end = prev_pts + duration
+      _check_not_truncated(path, "video", float((media_end - stream_start) * time_base),
+                           _declared_duration(stream), start,
+                           None if end is None else float(end))
+      end_frames = _round_near(media_end * time_base * rate) - out_offset
+      while k < min(max_frames, end_frames):
         emit()
         k += 1
     if not frames:

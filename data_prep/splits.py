@@ -10,12 +10,13 @@ import dataclasses
 import math
 import os
 import zlib
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
 # Kinds of listing problem, as written to skipped.csv (media problems are in data_prep.media).
-BAD_LINE, UNKNOWN_LABEL, DUPLICATE = "bad_line", "unknown_label", "duplicate"
+BAD_LINE, UNKNOWN_LABEL, DUPLICATE, OUTSIDE = (
+    "bad_line", "unknown_label", "duplicate", "outside_raw_dir")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,12 +59,15 @@ class Listing:
     splits: {split: clips sorted by clip_id}, splits among train / validation / test.
     skipped: lines or clips already rejected while listing.
     source: facts for the metadata (split files used, split mode, carved fractions, seed).
+    split_files: {split: the file it was listed from}, for messages; empty when the splits
+      come from the directory (CREMA-D --split speaker).
   """
   name: str
   class_names: list
   splits: dict
   skipped: list
   source: dict
+  split_files: dict = dataclasses.field(default_factory=dict)
 
   @property
   def num_listed(self) -> int:
@@ -71,10 +75,108 @@ class Listing:
     return sum(len(c) for c in self.splits.values()) + len(self.skipped)
 
 
+def _decode_lines(path: str) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+  """(line number, stripped text) of the non-blank lines, and (line number, problem) of the lines
+  that are not UTF-8 text. Lines end at \\n, \\r\\n or \\r (as Python's text files); a UTF-8 BOM
+  is dropped."""
+  with open(path, "rb") as f:
+    data = f.read()
+  if data.startswith(b"\xef\xbb\xbf"):
+    data = data[3:]
+  lines, bad = [], []
+  for lineno, raw in enumerate(data.splitlines(), 1):
+    try:
+      text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+      bad.append((lineno, f"not UTF-8 text ({e.reason}: byte 0x{raw[e.start]:02x} at column "
+                          f"{e.start + 1} of {raw[:80]!r})"))
+      continue
+    if text:
+      lines.append((lineno, text))
+  return lines, bad
+
+
 def read_lines(path: str) -> list[tuple[int, str]]:
-  """(1-based line number, stripped text) of the non-blank lines; a UTF-8 BOM is dropped."""
-  with open(path, encoding="utf-8-sig") as f:
-    return [(i, line.strip()) for i, line in enumerate(f, 1) if line.strip()]
+  """(1-based line number, stripped text) of the non-blank lines; a UTF-8 BOM is dropped.
+
+  Raises:
+    ValueError: naming the file and the line, when a line is not UTF-8 text.
+  """
+  lines, bad = _decode_lines(path)
+  if bad:
+    raise ValueError(f"{path}:{bad[0][0]}: {bad[0][1]}")
+  return lines
+
+
+def read_split_lines(path: str, split: str, skipped: list) -> list[tuple[int, str]]:
+  """Like `read_lines`, for a split file: a line that is not UTF-8 text becomes a 'bad_line'
+  Skip (appended to `skipped`, naming the file and the line) and the other lines are read."""
+  lines, bad = _decode_lines(path)
+  for lineno, problem in bad:
+    where = f"{os.path.basename(path)}:{lineno}"
+    skipped.append(Skip(split, where, BAD_LINE, f"{where}: {problem}"))
+  return lines
+
+
+class OutsideRawDir(ValueError):
+  """A name from a split or annotation file leads out of the raw dataset directory."""
+
+
+def _within(path: str, root: str) -> bool:
+  return os.path.commonpath([path, root]) == root
+
+
+def clip_file(raw_dir: str, folder: str, name: str, index: Mapping[str, str],
+              extension: Optional[str], follow_symlinks: bool = False) -> Optional[str]:
+  """The media file of clip `name` in `raw_dir/folder`, confined to the raw dataset.
+
+  Args:
+    raw_dir: the raw dataset.
+    folder: the layout's folder of such files, e.g. 'videos'.
+    name: the clip name, as a split or annotation file gives it.
+    index: {stem: path} of the folder (`file_index`).
+    extension: the file `folder/name + extension` used when the index lacks the name (it may
+      not exist; decoding then reports it missing), or None: no file.
+    follow_symlinks: accept a file that is a symbolic link leading out of raw_dir.
+
+  Returns:
+    The path, or None when the index lacks the name and `extension` is None.
+
+  Raises:
+    OutsideRawDir: the reason, when the name is an absolute path or has a '..' component, or
+      the file is a symbolic link leading out of raw_dir and out of the folder's real location
+      (a folder that is itself a link, e.g. videos -> /big/disk/videos, is part of the layout).
+  """
+  if os.path.isabs(name) or name.startswith(("/", "\\")):
+    raise OutsideRawDir(f"{name!r} is an absolute path; a clip name must name a file inside "
+                        f"{os.path.join(raw_dir, folder)}")
+  if ".." in name.replace("\\", "/").split("/"):
+    raise OutsideRawDir(f"{name!r} has a '..' component; a clip name must name a file inside "
+                        f"{os.path.join(raw_dir, folder)}")
+  path = index.get(name)
+  if path is None:
+    if extension is None:
+      return None
+    path = os.path.join(raw_dir, folder, name + extension)
+  if not follow_symlinks:
+    real = os.path.realpath(path)
+    roots = {os.path.realpath(raw_dir), os.path.realpath(os.path.join(raw_dir, folder))}
+    if not any(_within(real, root) for root in roots):
+      raise OutsideRawDir(f"{path} is a symbolic link to {real}, outside {raw_dir} (link whole "
+                          f"folders, or pass --follow_symlinks to accept such files)")
+  return path
+
+
+def check_dataset_name(name: str) -> None:
+  """Raises ValueError unless `name` is one plain directory name (the output subdirectory).
+
+  A name such as '../x', '/x', '.' or 'a/b' would put the dataset (or --overwrite's deletion)
+  outside the output directory.
+  """
+  if (not name or name in (".", "..") or "/" in name or "\\" in name or os.sep in name
+      or (os.altsep and os.altsep in name)):
+    raise ValueError(f"--name {name!r} must be a plain directory name (no '/', not '.' or '..'): "
+                     f"the dataset is written to OUT_DIR/NAME")
 
 
 def read_class_list(path: str) -> list[str]:

@@ -38,7 +38,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from data_prep.examples import PrepareConfig, work
-from data_prep.splits import Clip, Listing, Skip, stable_seed
+from data_prep.splits import Clip, Listing, Skip, check_dataset_name, stable_seed
 from iib_jax import schema
 
 FORMAT_VERSION = 1
@@ -81,14 +81,31 @@ def plan_shards(clips: Sequence[Clip], split: str, config: PrepareConfig) -> lis
   return [shuffled[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+def _write_failure(path: str, tmp: str, error: Exception) -> PrepareError:
+  """Removes the partial file `tmp` and returns the one-line error naming `path`."""
+  with contextlib.suppress(OSError):
+    os.remove(tmp)
+  if isinstance(error, OSError):
+    reason = error.strerror or str(error)
+  else:  # TensorFlow's errors read "<file>; <reason>"
+    reason = str(getattr(error, "message", error)).rsplit("; ", 1)[-1]
+  reason = (reason.strip().splitlines() or [type(error).__name__])[0]
+  return PrepareError(f"cannot write {path}: {reason}. The partial file was removed and the "
+                      f"shards finished so far are kept: free some space (or fix the cause) and "
+                      f"rerun the same command")
+
+
 def _atomic_write(path: str, data: bytes | str, tmp_dir: str) -> None:
   os.makedirs(tmp_dir, exist_ok=True)
   tmp = os.path.join(tmp_dir, f"{os.path.basename(path)}.{os.getpid()}.tmp")
-  with open(tmp, "wb") as f:
-    f.write(data.encode() if isinstance(data, str) else data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "wb") as f:
+      f.write(data.encode() if isinstance(data, str) else data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except OSError as e:  # a full disk, a quota, a read-only file system
+    raise _write_failure(path, tmp, e) from e
 
 
 @contextlib.contextmanager
@@ -119,7 +136,16 @@ def _shard_done(data_dir: str, state_dir: str, name: str) -> Optional[dict]:
     return None
   if record.get("num_bytes") != os.path.getsize(shard_path):
     return None
-  return record
+  # A shard damaged after it was written (a bit flip, an overwrite of the same size) is redone.
+  if "sha256" in record:
+    return record if record["sha256"] == schema.file_sha256(shard_path) else None
+  # A record from before checksums: the shard's records and their CRCs are read instead.
+  tf = _import_tf()
+  try:
+    count = sum(1 for _ in tf.data.TFRecordDataset(shard_path))
+  except tf.errors.OpError:
+    return None
+  return record if count == record.get("num_examples") else None
 
 
 @contextlib.contextmanager
@@ -269,10 +295,17 @@ def prepare(listing: Listing, out_dir: str, config: PrepareConfig, *, workers: i
     A PrepareResult.
 
   Raises:
-    PrepareError: nothing could be written, too many clips were skipped (the shards written so
-      far are kept; rerun with a larger max_skip_fraction to accept them), the output holds a
-      preparation with other parameters, or another run holds the directory.
+    PrepareError: the name is not a plain directory name, the listing has no train clip (both
+      before anything is written), nothing or no train clip could be written, too many clips
+      were skipped (the shards written so far are kept; rerun with a larger max_skip_fraction
+      to accept them), a file could not be written (a full disk: the partial file is removed),
+      the output holds a preparation with other parameters, or another run holds the directory.
   """
+  try:
+    check_dataset_name(listing.name)
+  except ValueError as e:
+    raise PrepareError(str(e)) from None
+  _check_train_listed(listing)
   data_dir = os.path.join(out_dir, listing.name)
   state_dir = os.path.join(data_dir, _STATE_DIR)
   tmp_dir = os.path.join(state_dir, "tmp")
@@ -280,9 +313,26 @@ def prepare(listing: Listing, out_dir: str, config: PrepareConfig, *, workers: i
   with _locked(os.path.join(state_dir, "lock"), blocking=False):
     # Leftovers of a killed run: never part of the dataset, safe to drop.
     for entry in os.listdir(tmp_dir):
-      os.remove(os.path.join(tmp_dir, entry))
+      path = os.path.join(tmp_dir, entry)
+      shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     return _prepare_locked(listing, data_dir, state_dir, tmp_dir, config, workers,
                            max_skip_fraction, progress, log)
+
+
+def _check_train_listed(listing: Listing) -> None:
+  """Raises PrepareError, naming the train split file, when the listing has no train clip."""
+  if listing.splits.get("train"):
+    return
+  source = listing.split_files.get("train") or listing.source.get("raw_dir", "the raw dataset")
+  rejected = [s for s in listing.skipped if s.split == "train"]
+  detail = "it lists no clip"
+  if rejected:
+    kinds = collections.Counter(s.kind for s in rejected)
+    detail = (f"all {len(rejected)} of its lines were skipped ("
+              + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+              + f"; the first: {rejected[0].reason})")
+  raise PrepareError(f"{source}: no train clip to prepare: {detail}. Nothing was written; a "
+                     f"dataset without train examples cannot be trained on")
 
 
 def _prepare_locked(listing, data_dir, state_dir, tmp_dir, config, workers, max_skip_fraction,
@@ -336,13 +386,19 @@ def _prepare_locked(listing, data_dir, state_dir, tmp_dir, config, workers, max_
   examples = collections.Counter()
   num_bytes = collections.Counter()
   shard_lengths: dict[str, list[int]] = {}
+  shard_files: dict[str, list[dict]] = {}
   frames_per_clip: dict[str, list[int]] = collections.defaultdict(list)
   audio_frames_per_clip: list[int] = []
   audio_sum = audio_sumsq = audio_count = 0.0
   for split in plan:
-    shard_lengths[split] = []
+    shard_lengths[split], shard_files[split] = [], []
     for name in shard_names[split]:
       record = records[name]
+      if "sha256" not in record:  # a shard finished before checksums were recorded
+        record["sha256"] = schema.file_sha256(os.path.join(data_dir, name))
+        _atomic_write(os.path.join(state_dir, name + ".json"), json.dumps(record), tmp_dir)
+      shard_files[split].append({"file": name, "num_examples": record["num_examples"],
+                                 "num_bytes": record["num_bytes"], "sha256": record["sha256"]})
       shard_lengths[split].append(record["num_examples"])
       examples[split] += record["num_examples"]
       num_bytes[split] += record["num_bytes"]
@@ -367,6 +423,11 @@ def _prepare_locked(listing, data_dir, state_dir, tmp_dir, config, workers, max_
   if written == 0:
     raise PrepareError(f"no clip of {listing.name} could be prepared ({listed} listed; "
                        f"reasons in {os.path.join(data_dir, schema.SKIPPED_FILE)})")
+  if not examples["train"]:
+    raise PrepareError(
+        f"no train clip of {listing.name} could be prepared ({len(splits.get('train', []))} "
+        f"listed; reasons in {os.path.join(data_dir, schema.SKIPPED_FILE)}): a dataset without "
+        f"train examples cannot be trained on")
   if fraction > max_skip_fraction:
     raise PrepareError(
         f"{len(skipped)} of {listed} clips ({100 * fraction:.1f}%) were skipped, more than "
@@ -405,6 +466,8 @@ def _prepare_locked(listing, data_dir, state_dir, tmp_dir, config, workers, max_
       "prepare": {"seed": config.seed, "clips_per_shard": config.clips_per_shard,
                   "num_shards": {s: len(n) for s, n in shard_names.items()},
                   "num_bytes": {s: int(num_bytes[s]) for s in plan}},
+      # What iib_jax.data.verify_dataset checks before a run: every shard's size and checksum.
+      "shards": shard_files,
       "software": _software_versions(),
   }
   _write_tfds_metadata(data_dir, listing, config, shard_lengths, num_bytes, metadata)
@@ -434,28 +497,32 @@ def _write_shards(todo, data_dir, state_dir, tmp_dir, config, workers, progress,
   try:
     for split, name, clips in todo:
       tmp = os.path.join(tmp_dir, f"{name}.{os.getpid()}.tmp")
+      final = os.path.join(data_dir, name)
       record = {"split": split, "num_examples": 0, "skipped": [], "num_frames": [],
                 "audio_valid_frames": [], "audio_sum": 0.0, "audio_sumsq": 0.0,
                 "audio_count": 0}
-      with tf.io.TFRecordWriter(tmp) as writer:
-        for clip in clips:
-          _, status, payload = next(results)
-          bar.update(1)
-          if status != "ok":
-            record["skipped"].append(dataclasses.asdict(
-                Skip(split, clip.clip_id, status, payload)))
-            continue
-          writer.write(_serialize(tf, payload))
-          stats = payload["stats"]
-          record["num_examples"] += 1
-          record["num_frames"].append(stats["num_frames"])
-          record["audio_valid_frames"].append(stats["audio_valid_frames"])
-          record["audio_sum"] += stats["audio_sum"]
-          record["audio_sumsq"] += stats["audio_sumsq"]
-          record["audio_count"] += stats["audio_count"]
-      final = os.path.join(data_dir, name)
-      os.replace(tmp, final)
+      try:
+        with tf.io.TFRecordWriter(tmp) as writer:
+          for clip in clips:
+            _, status, payload = next(results)
+            bar.update(1)
+            if status != "ok":
+              record["skipped"].append(dataclasses.asdict(
+                  Skip(split, clip.clip_id, status, payload)))
+              continue
+            writer.write(_serialize(tf, payload))
+            stats = payload["stats"]
+            record["num_examples"] += 1
+            record["num_frames"].append(stats["num_frames"])
+            record["audio_valid_frames"].append(stats["audio_valid_frames"])
+            record["audio_sum"] += stats["audio_sum"]
+            record["audio_sumsq"] += stats["audio_sumsq"]
+            record["audio_count"] += stats["audio_count"]
+        os.replace(tmp, final)
+      except (OSError, tf.errors.OpError) as e:  # a full disk, a quota, a read-only directory
+        raise _write_failure(final, tmp, e) from e
       record["num_bytes"] = os.path.getsize(final)
+      record["sha256"] = schema.file_sha256(final)
       # The record goes last: a shard without its record is redone by the next run.
       _atomic_write(os.path.join(state_dir, name + ".json"), json.dumps(record), tmp_dir)
       records[name] = record
@@ -468,6 +535,7 @@ def _write_shards(todo, data_dir, state_dir, tmp_dir, config, workers, progress,
 
 
 def _write_tfds_metadata(data_dir, listing, config, shard_lengths, num_bytes, metadata):
+  import tensorflow as tf
   import tensorflow_datasets as tfds
   from absl import logging as absl_logging
   from tensorflow_datasets.core import naming
@@ -485,17 +553,34 @@ def _write_tfds_metadata(data_dir, listing, config, shard_lengths, num_bytes, me
       f"JPEG). Every preprocessing parameter is in metadata.json; the format is documented in "
       f"docs/DATA.md.")
   tmp_dir = os.path.join(data_dir, _STATE_DIR, "tmp")
+  # tfds writes its files in place; written beside them first and renamed, they are never seen
+  # half written (a full disk leaves the previous ones, or none).
+  tfds_dir = os.path.join(tmp_dir, f"tfds.{os.getpid()}")
   verbosity = absl_logging.get_verbosity()
   # tfds's own deprecation warnings about its internals say nothing about this dataset.
   absl_logging.set_verbosity(absl_logging.ERROR)
   try:
     # check_data=False: tfds would read the first split, which may be empty; the check below
     # reads the first non-empty one instead.
-    with contextlib.redirect_stdout(io.StringIO()):
-      tfds.folder_dataset.write_metadata(
-          data_dir=data_dir, features=tfds_features(listing.class_names, config.image_size),
-          split_infos=split_infos, filename_template=template, check_data=False,
-          description=description, metadata=tfds.core.MetadataDict(metadata))
+    try:
+      os.makedirs(tfds_dir, exist_ok=True)
+      # tfds reads the dataset name, file suffix and split names off file names of the shards'
+      # pattern (the split infos are given): an empty stand-in per split is enough.
+      for split, lengths in shard_lengths.items():
+        open(os.path.join(tfds_dir, schema.shard_name(split, 0, len(lengths))), "wb").close()
+      with contextlib.redirect_stdout(io.StringIO()):
+        tfds.folder_dataset.write_metadata(
+            data_dir=tfds_dir, features=tfds_features(listing.class_names, config.image_size),
+            split_infos=split_infos, filename_template=template, check_data=False,
+            description=description, metadata=tfds.core.MetadataDict(metadata))
+      for entry in sorted(os.listdir(tfds_dir)):
+        # tfds's metadata.json is the one written below, indented.
+        if not entry.endswith("." + schema.FILE_FORMAT) and entry != schema.METADATA_FILE:
+          os.replace(os.path.join(tfds_dir, entry), os.path.join(data_dir, entry))
+    except (OSError, tf.errors.OpError) as e:  # e.g. a full disk
+      raise _write_failure(os.path.join(data_dir, schema.TFDS_INFO_FILE), tfds_dir, e) from e
+    finally:
+      shutil.rmtree(tfds_dir, ignore_errors=True)
     # Same content as tfds wrote, indented for people reading it.
     _atomic_write(os.path.join(data_dir, schema.METADATA_FILE),
                   json.dumps(metadata, indent=2) + "\n", tmp_dir)

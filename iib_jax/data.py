@@ -23,7 +23,11 @@ host yields the same number of batches (`num_batches`).
 """
 from __future__ import annotations
 
+import concurrent.futures
+import logging
 import math
+import os
+import re
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -41,7 +45,147 @@ except (RuntimeError, ValueError):  # already initialised by the caller: leave i
 AUTOTUNE = tf.data.AUTOTUNE
 FRAMES_DTYPES = schema.FRAMES_DTYPES
 __all__ = ["load_info", "make_dataset", "make_tf_dataset", "num_batches", "host_files",
-           "audio_normalization", "Batches"]
+           "audio_normalization", "Batches", "verify_dataset", "DatasetError"]
+
+_log = logging.getLogger(__name__)
+# What a user does about a shard that is not as recorded.
+REPAIR = ("Rerun the preparation command (python -m data_prep.<dataset> with the same flags): it "
+          "rewrites exactly the shards that are missing or differ from their records")
+
+
+class DatasetError(ValueError):
+  """A prepared dataset is not as its metadata records it.
+
+  The message names each bad shard (or the split) and the problem, and says what to do.
+
+  Attributes:
+    problems: one line per problem, each starting with the shard's path (or the dataset's).
+  """
+
+  def __init__(self, message: str, problems: Sequence[str] = ()):
+    super().__init__(message)
+    self.problems = list(problems)
+
+
+def _first_line(error: Exception) -> str:
+  """TensorFlow's message without its op and function decorations, e.g. 'corrupted record at 12'."""
+  text = str(getattr(error, "message", None) or error).strip()
+  text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+  text = re.sub(r"\s*\[Op:[^\]]*\].*$", "", text, flags=re.S)
+  return text.splitlines()[0].strip() if text else type(error).__name__
+
+
+def _count_records(path: str) -> int:
+  """Records in a TFRecord file, each length and payload CRC checked by TensorFlow."""
+  return int(tf.data.TFRecordDataset(path).reduce(tf.constant(0, tf.int64),
+                                                  lambda n, _: n + 1).numpy())
+
+
+def _shard_problems(info: Mapping[str, Any], split: str, files: Sequence[str], *,
+                    checksums: bool, scan: bool) -> list[str]:
+  """The problems of some shards of a split, one line each, starting with the shard's path.
+
+  Against metadata.json's `shards` record (size, then sha256 when `checksums`); where the
+  dataset has no such record, or with `scan`, by counting each shard's records (which also
+  checks TFRecord's per-record CRCs).
+  """
+  names = [os.path.basename(f) for f in info["files"][split]]
+  lengths = dict(zip(names, info["shard_lengths"][split]))
+  recorded = {e["file"]: e for e in (info.get("shards") or {}).get(split, [])}
+  problems, to_hash, to_scan = [], [], []
+  for path in files:
+    name = os.path.basename(path)
+    entry = recorded.get(name)
+    expected = entry["num_examples"] if entry else lengths[name]
+    if not os.path.exists(path):
+      problems.append(f"{path}: missing (the metadata records {expected} examples)")
+      continue
+    if entry is not None:
+      size = os.path.getsize(path)
+      if size != entry["num_bytes"]:
+        problems.append(f"{path}: size differs: expected {entry['num_bytes']} bytes, found "
+                        f"{size}")
+        continue
+      if checksums:
+        to_hash.append((path, entry["sha256"]))
+    if entry is None or scan:
+      to_scan.append((path, expected))
+  if to_hash:
+    # hashlib releases the GIL: shards hash in parallel, at the speed of the disk.
+    with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+      found = list(pool.map(schema.file_sha256, [p for p, _ in to_hash]))
+    for (path, want), got in zip(to_hash, found):
+      if got != want:
+        problems.append(f"{path}: checksum differs: sha256 expected {want}, found {got}")
+  for path, expected in to_scan:
+    if any(p.startswith(path + ": ") for p in problems):
+      continue
+    try:
+      count = _count_records(path)
+    except tf.errors.OpError as e:  # DataLossError: a truncated or corrupted record
+      problems.append(f"{path}: unreadable: {type(e).__name__}: {_first_line(e)}")
+      continue
+    if count != expected:
+      problems.append(f"{path}: record count differs: expected {expected}, found {count}")
+  return sorted(problems)
+
+
+def _raise(problems: Sequence[str], head: str) -> None:
+  lines = "\n  ".join(problems)
+  raise DatasetError(f"{head}:\n  {lines}\n{REPAIR}", problems)
+
+
+def verify_dataset(data_dir: str, splits: Optional[Sequence[str]] = None, *,
+                   checksums: bool = True) -> None:
+  """Checks, before any training, that every shard is as the preparation recorded it.
+
+  Every shard the metadata names must exist and have its recorded size and (with `checksums`)
+  its SHA-256; per split, the shard lengths must add up to the recorded example count. A
+  dataset prepared before sizes and checksums were recorded has each shard's records counted
+  instead (reading every record and its CRCs; logged as a warning). Shard files are only read.
+
+  Args:
+    data_dir: the prepared dataset.
+    splits: the splits to check (default: all).
+    checksums: also hash every shard (about 1.5 GB/s per core, usually disk-bound; sizes alone
+      miss a damaged byte).
+
+  Raises:
+    DatasetError: naming each bad shard and its problem (missing; size differs: expected N
+      bytes, found M; checksum differs; record count differs; unreadable), a split the dataset
+      lacks, or a dataset that is not prepared.
+  """
+  try:
+    info = load_info(data_dir)
+  except FileNotFoundError as e:
+    raise DatasetError(str(e), [str(e)]) from None
+  wanted = list(info["files"]) if splits is None else list(splits)
+  problems = []
+  legacy = [s for s in wanted if s in info["files"] and s not in (info.get("shards") or {})]
+  if legacy:
+    _log.warning("%s: metadata.json records no shard sizes or checksums (prepared before they "
+                 "were recorded); counting the records of splits %s instead. Rerunning the "
+                 "preparation command records them.", data_dir, legacy)
+  for split in wanted:
+    if split not in info["files"]:
+      problems.append(f"{data_dir}: no split {split!r}; it has {sorted(info['files'])}")
+      continue
+    if sum(info["shard_lengths"][split]) != info["splits"].get(split):
+      problems.append(f"{data_dir}: split {split!r}: the shard lengths of dataset_info.json add up "
+                      f"to {sum(info['shard_lengths'][split])}, metadata.json records "
+                      f"{info['splits'].get(split)} examples")
+    recorded = [e["file"] for e in (info.get("shards") or {}).get(split, [])]
+    names = [os.path.basename(f) for f in info["files"][split]]
+    if recorded and recorded != names:
+      problems.append(f"{data_dir}: split {split!r}: metadata.json records the shards "
+                      f"{recorded}, dataset_info.json {names}")
+      continue
+    problems += _shard_problems(info, split, info["files"][split], checksums=checksums,
+                                scan=False)
+  if problems:
+    _raise(problems, f"{data_dir}: the prepared dataset is not as its metadata records")
+
+
 
 
 def _process(process_index: Optional[int], process_count: Optional[int]) -> tuple[int, int]:
@@ -352,19 +496,61 @@ def _zeros_like_spec(spec: Mapping[str, tf.TensorSpec]) -> dict:
 class Batches:
   """One epoch of numpy batches: iterable (any number of times, same batches) with a length.
 
+  Iterating raises `DatasetError` naming the shard when TensorFlow cannot read one (a
+  truncated or corrupted record, a missing file), and at the end of the epoch when it yielded
+  fewer batches than its length, or (evaluation from the first batch) fewer real examples than
+  the metadata records.
+
   Attributes:
     dataset: the underlying tf.data.Dataset.
   """
 
-  def __init__(self, dataset: tf.data.Dataset, length: int):
+  def __init__(self, dataset: tf.data.Dataset, length: int, *,
+               info: Optional[Mapping[str, Any]] = None, split: Optional[str] = None,
+               files: Sequence[str] = (), num_examples: Optional[int] = None):
     self.dataset = dataset
     self._length = length
+    self._info, self._split, self._files = info, split, list(files)
+    self._num_examples = num_examples
 
   def __len__(self) -> int:
     return self._length
 
+  def _fail(self, what: str, error: Optional[Exception] = None) -> DatasetError:
+    where = f"split {self._split!r} of {self._info['data_dir']}" if self._info else "the dataset"
+    problems = []
+    if self._info is not None:
+      problems = _shard_problems(self._info, self._split, self._files, checksums=True,
+                                 scan=False)
+      if not problems:  # as recorded, yet unreadable: find the shard by reading each
+        problems = _shard_problems(self._info, self._split, self._files, checksums=False,
+                                   scan=True)
+    head = f"{where}: {what}"
+    if error is not None:
+      head += f" ({type(error).__name__}: {_first_line(error)})"
+    if not problems:
+      return DatasetError(f"{head}; every shard ({', '.join(self._files)}) is as recorded", [])
+    lines = "\n  ".join(problems)
+    return DatasetError(f"{head}:\n  {lines}\n{REPAIR}", problems)
+
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-    return self.dataset.as_numpy_iterator()
+    iterator = self.dataset.as_numpy_iterator()
+    batches = examples = 0
+    while True:
+      try:
+        batch = next(iterator)
+      except StopIteration:
+        break
+      except tf.errors.OpError as e:  # TensorFlow names a byte offset, never the file
+        raise self._fail("reading failed", e) from e
+      batches += 1
+      if "mask" in batch:
+        examples += int(np.sum(batch["mask"]))
+      yield batch
+    if batches < self._length:
+      raise self._fail(f"yielded {batches} batches, expected {self._length}")
+    if self._num_examples is not None and examples != self._num_examples:
+      raise self._fail(f"yielded {examples} examples, the metadata records {self._num_examples}")
 
 
 def make_dataset(data_dir: str, split: str, *, batch_size: int, train: bool,
@@ -379,4 +565,9 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, train: bool,
                        host_sharding=host_sharding, **kwargs)
   total = num_batches(data_dir, split, batch_size=batch_size, train=train,
                       process_count=process_count, host_sharding=host_sharding)
-  return Batches(ds, max(total - start_batch, 0))
+  files, share, _ = host_files(data_dir, split, process_index=kwargs.get("process_index"),
+                               process_count=process_count, host_sharding=host_sharding)
+  # Evaluation from its first batch yields every example of this host's share exactly once.
+  num_examples = share if not train and not start_batch else None
+  return Batches(ds, max(total - start_batch, 0), info=load_info(data_dir), split=split,
+                 files=files, num_examples=num_examples)

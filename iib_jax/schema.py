@@ -8,7 +8,8 @@ A prepared dataset is one directory `<out_dir>/<dataset>/` holding
 
   <split>-<shard:05d>-of-<num_shards:05d>.tfrecord   tf.train.Example records (FEATURES below)
   dataset_info.json, features.json, label.labels.txt  tensorflow-datasets metadata
-  metadata.json                                       preprocessing parameters, classes, statistics
+  metadata.json                                       preprocessing parameters, classes, statistics,
+                                                      each shard's size and SHA-256
   skipped.csv                                         clips that could not be prepared, with reasons
 
 and `tfds.builder_from_directory(<out_dir>/<dataset>)` loads it.
@@ -16,6 +17,7 @@ and `tfds.builder_from_directory(<out_dir>/<dataset>)` loads it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any, Mapping
@@ -103,6 +105,15 @@ def shard_name(split: str, index: int, num_shards: int) -> str:
   return f"{split}-{index:0{digits}d}-of-{num_shards:0{digits}d}.{FILE_FORMAT}"
 
 
+def file_sha256(path: str) -> str:
+  """Hex SHA-256 of a file's bytes (as `sha256sum` prints it); the checksum of a shard."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
 def load_info(data_dir: str) -> dict[str, Any]:
   """Reads a prepared dataset's info without TensorFlow.
 
@@ -113,8 +124,9 @@ def load_info(data_dir: str) -> dict[str, Any]:
   Returns:
     The dict stored in metadata.json (keys include 'name', 'num_classes', 'class_names',
     'splits' {split: num_examples}, 'audio' {preset, sample_rate, bins, frames, ...},
-    'video' {fps, height, width, ...}), plus 'data_dir', 'shard_lengths' {split: [n per shard]}
-    and 'files' {split: [absolute shard paths]}.
+    'video' {fps, height, width, ...}, 'shards' {split: [{file, num_examples, num_bytes,
+    sha256}]} for datasets prepared since shard checksums were recorded), plus 'data_dir',
+    'shard_lengths' {split: [n per shard]} and 'files' {split: [absolute shard paths]}.
 
   Raises:
     FileNotFoundError: naming the missing file, when the directory is not a prepared dataset
