@@ -380,12 +380,16 @@ DROP = "drop"   # stage of drop_modalities: `apply_damage` runs it after every o
 _UINT8_ZERO = tuple(int(round(255 * m)) for m in schema.IMAGENET_MEAN)
 
 
+def _check_rgb(x: tf.Tensor) -> None:
+  if x.shape[-1] != 3:   # the device normalises any uint8 input as ImageNet RGB frames
+    raise ValueError(f"uint8 inputs are taken for RGB frames [..., 3]; got shape {x.shape}")
+
+
 def _zero_of(x: tf.Tensor) -> tf.Tensor:
   """The model input's zero in x's dtype: 0.0, or for uint8 frames the grey nearest the mean."""
   if x.dtype != tf.uint8:
     return tf.zeros_like(x)
-  if x.shape[-1] != 3:
-    raise ValueError(f"uint8 inputs are taken for RGB frames [..., 3]; got shape {x.shape}")
+  _check_rgb(x)
   return tf.broadcast_to(tf.constant(_UINT8_ZERO, tf.uint8), tf.shape(x))
 
 
@@ -503,7 +507,7 @@ def noise(key: str, max: float = 1.0, p: float = 1.0, min: float = 0.0,
     def noisy():
       z = tf.random.stateless_normal(tf.shape(x), seed=_op_seed(seed, name, 2))
       if x.dtype == tf.uint8:
-        _zero_of(x)   # checks the RGB layout
+        _check_rgb(x)
         grey = z * std * 255.0 * tf.constant(schema.IMAGENET_STD, tf.float32)
         return tf.cast(tf.clip_by_value(tf.round(tf.cast(x, tf.float32) + grey), 0.0, 255.0),
                        tf.uint8)
