@@ -13,6 +13,8 @@ Batch contract (numpy, host-local part of the global batch):
   'label'    int32   [B]
   'mask'     float32 [B]               1 for a real clip, 0 for padding (evaluation only)
   'clip_id'  bytes   [B]               host-only; never sent to a device
+  'present'  float32 [B, M]            1 = kept, 0 = removed by `drop_modalities`, in the order
+                                       of `modalities`; only in training with a drop op
 The modality keys are configurable (`modalities={'visual': 'video', 'audio': 'audio'}` maps a
 batch key to a stored modality), and a subset skips the other modality's decoding.
 
@@ -362,6 +364,7 @@ def make_tf_dataset(data_dir: str, split: str, *, batch_size: int, train: bool,
                     start_batch: int = 0, shuffle_buffer: int = 1024,
                     modalities: Optional[Mapping[str, str]] = None,
                     ops: Union[None, str, Sequence] = None,
+                    damage: Union[str, Sequence] = "",
                     process_index: Optional[int] = None, process_count: Optional[int] = None,
                     host_sharding: str = "auto", cycle_length: int = 16,
                     num_parallel_calls: int = AUTOTUNE, prefetch: int = AUTOTUNE
@@ -394,6 +397,10 @@ def make_tf_dataset(data_dir: str, split: str, *, batch_size: int, train: bool,
       schema.DEFAULT_BATCH_KEYS.
     ops: replaces the standard op list: a list of preprocess ops or a string for
       `preprocess.parse_ops`; the leading selection ops run before the shuffle buffer.
+    damage: train-time modality damage (`preprocess.parse_damage`: a string such as
+      "drop_modalities(audio=0.3, video=0.3)|noise(audio, max=1.0, p=0.5)", or a list of damage
+      ops), applied per example to the batch keys after every other op; "" = none. Evaluation
+      (train=False) never applies it (the spec is still checked).
     process_index, process_count: this host (default: jax.process_index() / process_count()).
     host_sharding: 'auto', 'file' or 'example' (see `host_files`).
     cycle_length: shards read concurrently in training.
@@ -411,6 +418,9 @@ def make_tf_dataset(data_dir: str, split: str, *, batch_size: int, train: bool,
       raise ValueError(f"modality {key!r} maps to unknown stored modality {kind!r}; stored "
                        f"modalities: {sorted(schema.MODALITY_FEATURES)}")
   stored = sorted(set(modalities.values()))
+  damage_ops = preprocess.parse_damage(damage, list(modalities))
+  if not train:   # evaluation is never damaged
+    damage_ops = []
   if ops is None:
     ops = default_ops(info, train=train, stored=stored, num_frames=num_frames,
                       image_size=image_size, audio_frames=audio_frames, audio_norm=audio_norm,
@@ -459,6 +469,8 @@ def make_tf_dataset(data_dir: str, split: str, *, batch_size: int, train: bool,
   def transform(seed_pair, ex):
     ex = preprocess.apply(transform_ops, ex, seed_pair)
     out = {key: ex[kind] for key, kind in modalities.items()}
+    if damage_ops:
+      out = preprocess.apply_damage(damage_ops, out, seed_pair, list(modalities))
     out.update(label=ex["label"], clip_id=ex["clip_id"], mask=tf.constant(1.0, tf.float32))
     return out
 

@@ -1,11 +1,12 @@
 """Uncertainty-aware gated fusion (Eqs. 7–10).
 
 α_m = β_m · exp(−u_m) · σ(G_m(φ)),  w = α / Σ_k α_k,  Z = Σ_m w_m z_m,
-with φ = [u_1..u_M; Pool(z_1)..Pool(z_M)] the gate input.
+with φ = [u_1..u_M; Pool(z_1)..Pool(z_M)] the gate input. log α is the sum of three terms
+(`log_alpha_terms`): the prior log β_m, the uncertainty −u_m and the gate log σ(G_m).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -56,11 +57,47 @@ def gate_input(uncertainty: jax.Array, feats: Sequence[jax.Array] | jax.Array,
   return jnp.concatenate([uncertainty.astype(dtype)] + pooled, axis=-1)
 
 
+class LogAlphaTerms(NamedTuple):
+  """The three terms of log α_m (Eq. 9), each [B, M] float32; their sum is log α.
+
+  log(w_a / w_v) = log(β_a / β_v) + (u_v − u_a) + [log σ(G_a) − log σ(G_v)]: the prior, the
+  uncertainty and the gate's share of a weight ratio.
+  """
+  prior: jax.Array         # log β_m, the same on every row
+  uncertainty: jax.Array   # −u_m
+  gate: jax.Array          # log σ(G_m(φ))
+
+
+def log_alpha_terms(beta: jax.Array, uncertainty: jax.Array,
+                    gate_logits: jax.Array) -> LogAlphaTerms:
+  """log α_m = log β_m − u_m + log σ(G_m), term by term (Eq. 9).
+
+  Args:
+    beta: [M] relative budgets (the prior).
+    uncertainty: [B, M] normalised entropies u_m.
+    gate_logits: [B, M] gate outputs G(φ).
+
+  Returns:
+    LogAlphaTerms(prior, uncertainty, gate), each [B, M] float32. log σ is
+    `jax.nn.log_sigmoid`, finite for any logit.
+  """
+  uncertainty = jnp.asarray(uncertainty, jnp.float32)
+  prior = jnp.broadcast_to(jnp.log(jnp.asarray(beta, jnp.float32))[None, :], uncertainty.shape)
+  return LogAlphaTerms(prior=prior, uncertainty=-uncertainty,
+                       gate=jax.nn.log_sigmoid(jnp.asarray(gate_logits, jnp.float32)))
+
+
+def weights_from_terms(terms: LogAlphaTerms) -> jax.Array:
+  """w = softmax over modalities of prior + uncertainty + gate (Eq. 9–10): [B, M] float32."""
+  return jax.nn.softmax(terms.prior + terms.uncertainty + terms.gate, axis=-1)
+
+
 def fusion_weights(beta: jax.Array, uncertainty: jax.Array, gate_logits: jax.Array) -> jax.Array:
   """w = α / Σα with α = β · exp(−u) · σ(G) (Eqs. 9–10).
 
-  Computed as a softmax of log α = log β − u + log σ(G), which equals the ratio exactly but stays
-  finite when β is tiny (τ = 0.07 makes β nearly one-hot when budgets differ).
+  Computed as a softmax of log α = log β − u + log σ(G) (`log_alpha_terms`), which equals the
+  ratio exactly but stays finite when β is tiny (τ = 0.07 makes β nearly one-hot when budgets
+  differ).
 
   Args:
     beta: [M] relative budgets (the prior).
@@ -70,10 +107,7 @@ def fusion_weights(beta: jax.Array, uncertainty: jax.Array, gate_logits: jax.Arr
   Returns:
     [B, M] float32 fusion weights, each row summing to 1.
   """
-  log_alpha = (jnp.log(jnp.asarray(beta, jnp.float32))[None, :]
-               - jnp.asarray(uncertainty, jnp.float32)
-               + jax.nn.log_sigmoid(jnp.asarray(gate_logits, jnp.float32)))
-  return jax.nn.softmax(log_alpha, axis=-1)
+  return weights_from_terms(log_alpha_terms(beta, uncertainty, gate_logits))
 
 
 def fuse(weights: jax.Array, feats: jax.Array) -> jax.Array:

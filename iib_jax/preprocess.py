@@ -12,12 +12,16 @@ Example keys between ops: 'clip_id' (string), 'label' (int), 'video' (JPEG strin
 
 Ops can be composed from a string, e.g.
 `parse_ops("sample_frames(3, train=True)|decode_frames|random_resized_crop(224)|flip_left_right")`.
+
+Train-time damage ops (`drop_modalities`, `noise`, `occlude`) act on the batch keys after all
+the others and come from their own string, `parse_damage("drop_modalities(audio=0.3)|...")`;
+`apply_damage` runs them and marks the removed modalities in 'present' (see that section).
 """
 from __future__ import annotations
 
 import ast
 import zlib
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import tensorflow as tf
 
@@ -357,6 +361,282 @@ def normalize_audio(mean: float = 0.0, std: float = 1.0) -> Op:
 
 
 # ---------------------------------------------------------------------------------------------
+# Train-time modality damage.
+#
+# These ops act on the batch keys (after `make_dataset` maps stored modalities to batch keys, and
+# after every other op, so on each modality's final layout and dtype: the model input). Between
+# damage ops an example carries 'present', a dict {batch key: float32 scalar} (1 = kept);
+# `apply_damage` adds it and turns it into float32 [M] in the pipeline's modality order.
+#
+# "Zero" is the zero of the model input, the input `experiments/evaluate.py::corrupt` gives a
+# removed modality: exact 0.0 for float32 inputs (ImageNet-normalised frames, audio features).
+# uint8 frames are normalised on the device, where 0.0 is the grey 255 · ImageNet mean, which
+# uint8 cannot hold: they get the nearest grey (124, 116, 104), within 0.0082 of 0.0 once
+# normalised (less than the uint8 pipeline's half grey level, 0.0088), unless the device
+# multiplies its normalised input by 'present'.
+
+DROP = "drop"   # stage of drop_modalities: `apply_damage` runs it after every other damage op
+
+_UINT8_ZERO = tuple(int(round(255 * m)) for m in schema.IMAGENET_MEAN)
+
+
+def _check_rgb(x: tf.Tensor) -> None:
+  if x.shape[-1] != 3:   # the device normalises any uint8 input as ImageNet RGB frames
+    raise ValueError(f"uint8 inputs are taken for RGB frames [..., 3]; got shape {x.shape}")
+
+
+def _zero_of(x: tf.Tensor) -> tf.Tensor:
+  """The model input's zero in x's dtype: 0.0, or for uint8 frames the grey nearest the mean."""
+  if x.dtype != tf.uint8:
+    return tf.zeros_like(x)
+  _check_rgb(x)
+  return tf.broadcast_to(tf.constant(_UINT8_ZERO, tf.uint8), tf.shape(x))
+
+
+def _check_probability(name: str, value) -> float:
+  value = float(value)
+  if not 0.0 <= value <= 1.0:
+    raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+  return value
+
+
+def _check_range(op: str, low, high, upper: Optional[float] = None) -> tuple[float, float]:
+  low, high = float(low), float(high)
+  if not 0.0 <= low <= high or (upper is not None and high > upper):
+    bound = f" <= {upper}" if upper is not None else ""
+    raise ValueError(f"{op}: need 0 <= min <= max{bound}, got min={low}, max={high}")
+  return low, high
+
+
+def _uniform(seed: tf.Tensor, name: str, index: int) -> tf.Tensor:
+  return tf.random.stateless_uniform([], seed=_op_seed(seed, name, index))
+
+
+def _present(ex: Example, op: str) -> dict:
+  if not isinstance(ex.get("present"), dict):
+    raise ValueError(f"{op} needs the example's 'present' dict {{batch key: 1.0}}: run the "
+                     f"damage ops through `apply_damage` (as `make_dataset` does)")
+  return ex["present"]
+
+
+def _check_key(ex: Example, key: str, op: str) -> None:
+  modalities = sorted(_present(ex, op))
+  if key not in modalities:
+    raise ValueError(f"{op}: unknown modality {key!r}; the pipeline's modalities: {modalities}")
+
+
+def drop_modalities(probs=None, keep_one: bool = True, **by_key: float) -> Op:
+  """Removes modalities at random: each batch key `m` independently with probability p_m, its
+  input set to the model input's zero (see above) and marked 0 in 'present'.
+
+  Draws are keyed by the modality's name, so a modality's draws do not depend on M or on the
+  other probabilities. `apply_damage` runs this op last, so a dropped input is exactly its zero
+  whatever other damage the spec lists.
+
+  Args:
+    probs: one probability for every modality, or a dict {batch key: p}.
+    keep_one: never remove every modality of an example: when all M are drawn, one of them,
+      uniformly at random, is kept. This lowers the drop rate of modality m from p_m to
+      p_m − Π_k p_k / M (only when every modality has p > 0). False draws each independently.
+    **by_key: batch key = p, e.g. `drop_modalities(audio=0.3, video=0.3)`; overrides `probs`.
+  """
+  if probs is not None and not isinstance(probs, (int, float, dict)):
+    raise ValueError(f"drop_modalities: probs must be a number or a dict, got {probs!r}")
+  given = dict(probs) if isinstance(probs, dict) else {}
+  given.update(by_key)
+  given = {k: _check_probability(f"drop_modalities: p of {k!r}", v) for k, v in given.items()}
+  default = _check_probability("drop_modalities: probs", probs) if isinstance(
+      probs, (int, float)) else 0.0
+
+  @_named("drop_modalities", DROP)
+  def op(ex: Example, seed: tf.Tensor) -> Example:
+    present = _present(ex, "drop_modalities")
+    for key in given:
+      _check_key(ex, key, "drop_modalities")
+    keys = sorted(present)   # the spared modality is drawn over names, not the pipeline order
+    p = {k: given.get(k, default) for k in keys}
+    dropped = {k: (_uniform(seed, f"drop_modalities/{k}", 0) < p[k]) if p[k] > 0
+               else tf.constant(False) for k in keys}
+    if keep_one and all(p[k] > 0 for k in keys):
+      every = tf.reduce_all(tf.stack([dropped[k] for k in keys]))
+      spared = tf.minimum(tf.cast(tf.floor(_uniform(seed, "drop_modalities/keep_one", 0)
+                                           * len(keys)), tf.int32), len(keys) - 1)
+      dropped = {k: dropped[k] & ~(every & tf.equal(spared, i)) for i, k in enumerate(keys)}
+    out, marks = dict(ex), dict(present)
+    for k in keys:
+      if p[k] > 0:
+        out[k] = tf.cond(dropped[k], lambda x=ex[k]: _zero_of(x), lambda x=ex[k]: x)
+        marks[k] = present[k] * (1.0 - tf.cast(dropped[k], tf.float32))
+    out["present"] = marks
+    return out
+
+  op.keys = tuple(given)
+  return op
+
+
+def noise(key: str, max: float = 1.0, p: float = 1.0, min: float = 0.0,
+          scale: float = 1.0) -> Op:
+  """Gaussian noise on one modality with probability p, of a random strength per example:
+  x + s · scale · N(0, 1) elementwise, s uniform in [min, max].
+
+  The std `s · scale` is in units of the model input, as `experiments/evaluate.py::corrupt`'s
+  noise level is in units of its `scale`: normalised frames and audio normalised with 'dataset'
+  statistics have a std near 1, so scale=1 makes max the noise-to-signal ratio; for other
+  audio normalisations pass the input's std as `scale`. uint8 frames get the noise the device
+  would see after its normalisation (per channel, 255 · ImageNet std grey levels per unit),
+  rounded and clipped to [0, 255] (saturating near black and white).
+
+  Args:
+    key: the batch key.
+    max, min: the range of the strength s.
+    p: probability that an example is noised.
+    scale: the unit of s.
+  """
+  low, high = _check_range("noise", min, max)
+  p = _check_probability("noise: p", p)
+  scale = float(scale)
+  name = f"noise/{key}"
+
+  @_named("noise")
+  def op(ex: Example, seed: tf.Tensor) -> Example:
+    _check_key(ex, key, "noise")
+    x = ex[key]
+    applied = _uniform(seed, name, 0) < p
+    std = (low + (high - low) * _uniform(seed, name, 1)) * scale
+
+    def noisy():
+      z = tf.random.stateless_normal(tf.shape(x), seed=_op_seed(seed, name, 2))
+      if x.dtype == tf.uint8:
+        _check_rgb(x)
+        grey = z * std * 255.0 * tf.constant(schema.IMAGENET_STD, tf.float32)
+        return tf.cast(tf.clip_by_value(tf.round(tf.cast(x, tf.float32) + grey), 0.0, 255.0),
+                       tf.uint8)
+      return x + tf.cast(std * z, x.dtype)
+
+    return {**ex, key: tf.cond(applied, noisy, lambda: x)}
+
+  op.keys = (key,)
+  return op
+
+
+def occlude(key: str = "video", max: float = 0.5, p: float = 1.0, min: float = 0.0) -> Op:
+  """With probability p, one square of a clip's frames [T, H, W, 3] set to the model input's
+  zero (see above), the same square on every frame, as `experiments/evaluate.py::corrupt`: side
+  round(f · min(H, W)) with f uniform in [min, max], top-left corner uniform over the places it
+  fits.
+
+  Args:
+    key: the batch key of frames.
+    max, min: the range of the side, as a fraction of the frame's shorter side.
+    p: probability that an example is occluded.
+  """
+  low, high = _check_range("occlude", min, max, upper=1.0)
+  p = _check_probability("occlude: p", p)
+  name = f"occlude/{key}"
+
+  @_named("occlude")
+  def op(ex: Example, seed: tf.Tensor) -> Example:
+    _check_key(ex, key, "occlude")
+    x = ex[key]
+    if x.shape.rank != 4:
+      raise ValueError(f"occlude: {key!r} must be frames [T, H, W, C], got shape {x.shape}")
+    height, width = tf.shape(x)[1], tf.shape(x)[2]
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    applied = _uniform(seed, name, 0) < p
+    side = tf.round((low + (high - low) * _uniform(seed, name, 1)) * tf.minimum(h, w))
+    top = tf.floor(_uniform(seed, name, 2) * (h - side + 1.0))
+    left = tf.floor(_uniform(seed, name, 3) * (w - side + 1.0))
+    rows = tf.range(h)
+    cols = tf.range(w)
+    square = (((rows >= top) & (rows < top + side))[:, None]
+              & ((cols >= left) & (cols < left + side))[None, :])                   # [H, W]
+    occluded = lambda: tf.where(square[None, :, :, None], _zero_of(x), x)
+    return {**ex, key: tf.cond(applied, occluded, lambda: x)}
+
+  op.keys = (key,)
+  return op
+
+
+def apply_damage(ops: Sequence[Op], ex: Example, seed: tf.Tensor,
+                 modalities: Sequence[str]) -> Example:
+  """Runs damage ops on an example keyed by batch keys: the drop op last, the others in order.
+
+  Args:
+    ops: from `parse_damage`.
+    ex: {batch key: model input, ...}.
+    seed: the example's int [2] stateless seed.
+    modalities: the batch keys, in the pipeline's (the model's M axis) order.
+
+  Returns:
+    The damaged example; with a drop op, 'present' float32 [M] in `modalities` order (1 = kept,
+    0 = removed). Without one, no 'present' key (every modality is present).
+  """
+  ops = sorted(ops, key=lambda op: op.stage == DROP)   # stable: the rest keep their order
+  ex = {**ex, "present": {k: tf.constant(1.0, tf.float32) for k in modalities}}
+  for op in ops:
+    ex = op(ex, seed)
+  ex = dict(ex)
+  present = ex.pop("present")
+  if any(op.stage == DROP for op in ops):
+    ex["present"] = tf.stack([present[k] for k in modalities])
+  return ex
+
+
+DAMAGE_OPS: dict[str, Callable[..., Op]] = {
+    "drop_modalities": drop_modalities,
+    "noise": noise,
+    "occlude": occlude,
+}
+
+
+def parse_damage(spec: Union[str, Sequence[Op]],
+                 modalities: Optional[Sequence[str]] = None) -> list[Op]:
+  """Damage ops from a string such as
+  "drop_modalities(audio=0.3, video=0.3)|noise(audio, max=1.0, p=0.5)|occlude(video, max=0.5)".
+
+  Grammar: ops separated by '|'; each `name` or `name(args)` with Python literal arguments, where
+  a bare name stands for its string (`noise(audio)` = `noise('audio')`); "" is no damage.
+  Ops: drop_modalities(probs=None, keep_one=True, **{key: p}), noise(key, max=1.0, p=1.0,
+  min=0.0, scale=1.0), occlude(key='video', max=0.5, p=1.0, min=0.0).
+
+  Args:
+    spec: the string, or a list of damage ops (checked).
+    modalities: the pipeline's batch keys, to check the keys the ops name.
+
+  Raises:
+    ValueError: an unknown op or modality, a bad argument, more than one drop_modalities, or
+      the same op twice on one modality (it would repeat the same draws).
+  """
+  if isinstance(spec, str):
+    ops = []
+    for part in spec.split("|"):
+      if not part.strip():
+        continue
+      name, args, kwargs = _parse_call(part, DAMAGE_OPS, "damage op", bare_names=True)
+      try:
+        ops.append(DAMAGE_OPS[name](*args, **kwargs))
+      except TypeError as e:
+        raise ValueError(f"damage op {part.strip()!r}: {e}") from None
+  else:
+    ops = list(spec)
+  seen = set()
+  for op in ops:
+    if op.op_name not in DAMAGE_OPS:
+      raise ValueError(f"{op.op_name!r} is not a damage op; damage ops: {sorted(DAMAGE_OPS)}")
+    for key in getattr(op, "keys", ()):
+      if modalities is not None and key not in modalities:
+        raise ValueError(f"damage op {op.op_name}: unknown modality {key!r}; the pipeline's "
+                         f"modalities: {list(modalities)}")
+    uses = [op.op_name] if op.stage == DROP else [(op.op_name, k) for k in op.keys]
+    for use in uses:
+      if use in seen:
+        raise ValueError(f"damage op {use if isinstance(use, str) else use[0]} is given twice"
+                         + ("" if isinstance(use, str) else f" for modality {use[1]!r}"))
+      seen.add(use)
+  return ops
+
+
+# ---------------------------------------------------------------------------------------------
 # Composition.
 
 OPS: dict[str, Callable[..., Op]] = {
@@ -373,15 +653,38 @@ OPS: dict[str, Callable[..., Op]] = {
 }
 
 
-def _parse_call(text: str) -> tuple[str, tuple, dict]:
-  node = ast.parse(text.strip(), mode="eval").body
+def _parse_call(text: str, known: Mapping[str, Callable], kind: str,
+                hints: Optional[Mapping[str, str]] = None,
+                bare_names: bool = False) -> tuple[str, tuple, dict]:
+  """'name(args)' -> (name, args, kwargs), the name one of `known` (else an error, with
+  `hints[name]` if any); with bare_names, a bare name argument stands for its string."""
+  try:
+    node = ast.parse(text.strip(), mode="eval").body
+  except SyntaxError:
+    raise ValueError(f"cannot parse {kind} {text.strip()!r}; expected name or name(args)"
+                     ) from None
+  if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+    name = node.func.id
+  elif isinstance(node, ast.Name):
+    name = node.id
+  else:
+    raise ValueError(f"cannot parse {kind} {text!r}; expected name or name(args)")
+  if name not in known:
+    hint = f" ({hints[name]})" if hints and name in hints else ""
+    raise ValueError(f"unknown {kind} {name!r}{hint}; known: {sorted(known)}")
   if isinstance(node, ast.Name):
-    return node.id, (), {}
-  if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
-    raise ValueError(f"cannot parse preprocessing op {text!r}; expected name or name(args)")
-  args = tuple(ast.literal_eval(a) for a in node.args)
-  kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
-  return node.func.id, args, kwargs
+    return name, (), {}
+
+  def value(a):
+    if bare_names and isinstance(a, ast.Name):
+      return a.id
+    try:
+      return ast.literal_eval(a)
+    except ValueError:
+      raise ValueError(f"{kind} {text.strip()!r}: argument {ast.unparse(a)!r} is not a literal"
+                       ) from None
+
+  return name, tuple(value(a) for a in node.args), {k.arg: value(k.value) for k in node.keywords}
 
 
 def parse_ops(spec: str) -> list[Op]:
@@ -394,9 +697,8 @@ def parse_ops(spec: str) -> list[Op]:
   for part in spec.split("|"):
     if not part.strip():
       continue
-    name, args, kwargs = _parse_call(part)
-    if name not in OPS:
-      raise ValueError(f"unknown preprocessing op {name!r}; known ops: {sorted(OPS)}")
+    name, args, kwargs = _parse_call(part, OPS, "preprocessing op", hints={
+        name: "a damage op: pass it in `damage`" for name in DAMAGE_OPS})
     ops.append(OPS[name](*args, **kwargs))
   return ops
 

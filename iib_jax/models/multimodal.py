@@ -112,6 +112,12 @@ class GatedFusion(nn.Module):
     rule: "gated" (Eqs. 7–10), or a fixed rule for the Table II ablation "w/o Stage II":
       "prior" (w = β for every sample) or "mean" (w = 1/M).
     dtype: compute dtype.
+
+  Returns from `__call__` (each [B, M] float32 but the logits): `fused_logits` [B, C], `weights`,
+  `gate_logits`, `uncertainty` (u_m), and the three terms of log α_m (Eq. 9)
+  `log_alpha_prior` (log β_m), `log_alpha_uncertainty` (−u_m) and `log_alpha_gate`
+  (log σ(G_m)), whose sum's softmax over modalities is `weights`. For the fixed rules the prior
+  term is log w (log β_m or log 1/M) and the other two are 0, so the identity holds there too.
   """
   num_classes: int
   gate_hidden: int = 128
@@ -134,19 +140,26 @@ class GatedFusion(nn.Module):
       phi = fusion_lib.gate_input(uncertainty, list(gate_feats), pool=self.gate_pool)
       gate_logits = fusion_lib.Gate(num_modalities, self.gate_hidden, dtype=self.dtype,
                                     name="gate")(phi)
-      weights = fusion_lib.fusion_weights(prior, uncertainty, gate_logits)        # [B, M]
+      terms = fusion_lib.log_alpha_terms(prior, uncertainty, gate_logits)
+      weights = fusion_lib.weights_from_terms(terms)                             # [B, M]
     elif self.rule in ("prior", "mean"):
       fixed = (jnp.asarray(prior, jnp.float32) if self.rule == "prior"
                else jnp.full((num_modalities,), 1.0 / num_modalities))
       weights = jnp.broadcast_to(fixed, (batch, num_modalities))
       gate_logits = jnp.zeros((batch, num_modalities), jnp.float32)
+      # A fixed rule is all prior: log w, with no uncertainty or gate term (softmax(log w) = w,
+      # as β sums to 1).
+      zeros = jnp.zeros((batch, num_modalities), jnp.float32)
+      terms = fusion_lib.LogAlphaTerms(prior=jnp.log(weights), uncertainty=zeros, gate=zeros)
     else:
       raise ValueError(f"fusion rule must be 'gated', 'prior' or 'mean', got {self.rule!r}")
     fused = fusion_lib.fuse(weights, feats)                                       # [B, d]
     logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=_DENSE_INIT,
                       name="head")(fused)
     return {"fused_logits": logits.astype(jnp.float32), "weights": weights,
-            "gate_logits": gate_logits, "uncertainty": uncertainty}
+            "gate_logits": gate_logits, "uncertainty": uncertainty,
+            "log_alpha_prior": terms.prior, "log_alpha_uncertainty": terms.uncertainty,
+            "log_alpha_gate": terms.gate}
 
 
 class MultimodalModel(nn.Module):
@@ -191,7 +204,8 @@ class MultimodalModel(nn.Module):
     Returns:
       dict with `features` [M, B, d], `logits` [M, B, C] (unimodal heads), and, unless fusion is
       "none", `fused_logits` [B, C]; concat/sum fusion add `partial_logits` [M, B, C]; gated fusion
-      adds `weights`, `gate_logits` and `uncertainty`, each [B, M].
+      adds `weights`, `gate_logits`, `uncertainty` and the terms of log α `log_alpha_prior`,
+      `log_alpha_uncertainty`, `log_alpha_gate`, each [B, M] (see GatedFusion).
     """
     if self.fusion not in FUSIONS:
       raise ValueError(f"model.fusion must be one of {FUSIONS}, got {self.fusion!r}")
