@@ -3,7 +3,6 @@ trains."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from iib_jax import methods, state as state_lib, train
@@ -70,7 +69,7 @@ def test_mlp_matches_numpy_reference(norm):
 def test_mlp_sizes_dtypes_and_registry():
   assert ENCODER_INPUT["mlp"] == "vector"
   x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32)), jnp.float32)
-  for size, width in (("full", 256), ("tiny", 8)):
+  for size, width in (("full", 64), ("tiny", 8)):
     model = make_encoder("mlp", size=size)
     variables = jax.jit(lambda k, x, m=model: m.init(k, x, train=False))(jax.random.key(0), x)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))

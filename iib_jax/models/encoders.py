@@ -2,7 +2,8 @@
 
 Every encoder maps one modality's batch to pooled features: `encoder(x, train=...) -> [B, d]`.
 Video encoders read `[B, T, H, W, 3]` frames, audio encoders `[B, time, bins]` spectrograms,
-vector encoders `[B, D]` features (`ENCODER_INPUT`). Parameters are float32; `dtype` sets the compute dtype.
+vector encoders `[B, D]` features (`ENCODER_INPUT`). Parameters are float32; `dtype` sets the
+compute dtype.
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def make_encoder(encoder: str, /, size: str = "full", dtype: Any = jnp.float32,
   Args:
     encoder: a key of `ENCODERS`.
     size: "full" (the published architecture; the MLP's is this library's own, two layers of
-      256) or "tiny" (width 8, one block per stage; tests).
+      64) or "tiny" (width 8, one block per stage; tests).
     dtype: compute dtype, e.g. `jnp.float32` or `jnp.bfloat16`; parameters stay float32.
     **kwargs: further module fields overriding the size's defaults, and the Linen `name`.
 

@@ -29,11 +29,13 @@ class MLPEncoder(nn.Module):
   "none" are options.
 
   Attributes:
-    hidden: widths of the layers; full size (256, 256), tiny (8, 8).
+    hidden: widths of the layers; full size (64, 64), tiny (8, 8). The full size is sized for
+      the feature-level benchmark (D = 32, 10 classes, 10,000 training examples): it reaches the
+      Bayes accuracy there within ~10 epochs and overfits little; wider layers overfit sooner.
     norm: "batch", "layer" or "none".
     dtype: compute dtype; parameters stay float32.
   """
-  hidden: Sequence[int] = (256, 256)
+  hidden: Sequence[int] = (64, 64)
   norm: str = "batch"
   dtype: Any = jnp.float32
 
