@@ -58,7 +58,7 @@ GENERATOR_VERSION = 1
 # The dial's end points: (uninformative audio share, hue jitter) at dial 0 and at dial 1.
 DIAL_START = (UNINFORMATIVE_AUDIO, HUE_JITTER)
 DIAL_END = (0.10, 1.0)
-DEFAULT_DIAL = 1.0
+DEFAULT_DIAL = 0.5         # β_audio 0.90–0.98 over 3 seeds (docs/DATA.md)
 
 
 def dial_parameters(dial: Optional[float]) -> tuple[float, float]:

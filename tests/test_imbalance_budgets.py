@@ -8,9 +8,10 @@ per modality count and reused across dials.
 
 The models train for a fixed number of epochs, not to the best epoch on validation as the
 runner's unimodal phase does: the training-set confidence keeps rising along the validation
-plateau, so the best-epoch choice moves B by a few hundredths, which τ = 0.07 turns into ±0.2 of
-β at dial 0 (measured: |β_a − β_v| up to 0.57 over 6 seeds with best-epoch selection, ≤ 0.07 over
-8 seeds with 12 fixed epochs). This test checks the data, not that estimator.
+plateau, so the best-epoch choice moves B by a few hundredths, which τ = 0.07 turns into tenths
+of β at dial 0 (measured, docs/DATA.md: |β_a − β_v| up to 0.57 over 6 seeds with best-epoch
+selection on 6,000 examples; ≤ 0.08 over 8 seeds with 12 fixed epochs on 10,000, as here). This
+test checks the data, not that estimator.
 """
 import jax
 import numpy as np
