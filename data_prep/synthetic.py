@@ -13,12 +13,19 @@ The classes are built to behave like the paper's datasets (docs/DATA.md, "Synthe
   at 0-12 dB SNR. A share of the clips (`uninformative_audio`, 35%) carries no class evidence:
   two thirds of them are noise only, one third is the tone of a random *other* class.
   An audio-only model therefore tops out near 65% + chance on the noise clips.
-* Video (the weak, slow modality): a disc whose hue encodes the class, with a hue jitter of 0.6
+* Video (the weak, slow modality): a disc whose hue encodes the class, with a hue jitter of 0.5
   class spacings (so neighbouring classes overlap: about 60% is the best any model can read
   from it), moving over a noisy, randomly tinted background among two squares of random hue.
   The class is in every clip's video, including those whose audio is uninformative, so a good
   fusion beats either modality; the noise, the small object and the distractors make the video
   branch learn slowly, so plain joint training leans on the audio and under-trains it.
+
+The imbalance dial (`dial`, docs/DATA.md): 0 is the published dataset above (35% uninformative
+audio, hue jitter 0.5), whose two modalities have nearly equal information budgets; raising it
+makes the audio cleaner (fewer uninformative clips) and the video noisier (a wider hue jitter),
+linearly, to 10% and 1.0 class spacings at 1, while the video still carries the class on the
+clips whose audio does not. `dial=None` is the legacy generator: the published dataset, with
+the published synthetic.json (no dial recorded). The default is DEFAULT_DIAL.
 
 Everything is drawn from numpy generators seeded by (seed, clip index): the same arguments give
 the same media.
@@ -46,7 +53,50 @@ NAME = "synthetic"
 # Standard deviation of the disc hue around its class hue, in class spacings: neighbouring
 # classes overlap, which caps what any model can read from the video.
 HUE_JITTER = 0.5
+UNINFORMATIVE_AUDIO = 0.35      # the published dataset's share (dial 0 and dial None)
 GENERATOR_VERSION = 1
+# The dial's end points: (uninformative audio share, hue jitter) at dial 0 and at dial 1.
+DIAL_START = (UNINFORMATIVE_AUDIO, HUE_JITTER)
+DIAL_END = (0.10, 1.0)
+DEFAULT_DIAL = 0.5         # β_audio 0.90–0.98 over 3 seeds (docs/DATA.md)
+
+
+def dial_parameters(dial: Optional[float]) -> tuple[float, float]:
+  """(uninformative_audio, hue_jitter) at an imbalance dial in [0, 1]; None: the legacy values.
+
+  Linear between DIAL_START (0: the published dataset) and DIAL_END (1: audio clean, video
+  noisy).
+  """
+  if dial is None:
+    return DIAL_START
+  if not 0.0 <= dial <= 1.0:
+    raise ValueError(f"dial must lie in [0, 1] (0: the published, nearly balanced dataset; 1: "
+                     f"strongly imbalanced) or be None (legacy), got {dial}")
+  (u0, j0), (u1, j1) = DIAL_START, DIAL_END
+  return u0 + (u1 - u0) * dial, j0 + (j1 - j0) * dial
+
+
+def generator_args(*, num_classes: int = 10, clips_per_class: int = 60, duration: float = 3.0,
+                   fps: float = 8.0, size: int = 64, sample_rate: int = 16000,
+                   test_fraction: float = 0.2, uninformative_audio: Optional[float] = None,
+                   hue_jitter: Optional[float] = None, dial: Optional[float] = DEFAULT_DIAL,
+                   seed: int = 0) -> dict:
+  """The generator's arguments as synthetic.json records them, the dial resolved.
+
+  `uninformative_audio` and `hue_jitter` default to the dial's values (`dial_parameters`); given,
+  they override it. With dial None and no hue_jitter the record is the legacy one, key for key
+  (no 'dial', no 'hue_jitter'), so a published dataset's cache stays valid.
+  """
+  u, j = dial_parameters(dial)
+  args = dict(version=GENERATOR_VERSION, num_classes=num_classes,
+              clips_per_class=clips_per_class, duration=duration, fps=fps, size=size,
+              sample_rate=sample_rate, test_fraction=test_fraction,
+              uninformative_audio=u if uninformative_audio is None else uninformative_audio,
+              seed=seed)
+  if dial is not None or hue_jitter is not None:
+    args["dial"] = dial
+    args["hue_jitter"] = j if hue_jitter is None else hue_jitter
+  return args
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,7 +150,10 @@ def write_video(path: str, frames: Optional[np.ndarray], fps: float,
       vstream = container.add_stream(video_codec, rate=int(round(fps)), options=codec_options)
       vstream.height, vstream.width = int(frames.shape[1]), int(frames.shape[2])
       vstream.pix_fmt = "yuv420p"
-      # One encoder thread: the same input then gives the same bytes.
+      # One encoder thread. Even so the h264 bytes are not reproducible: two generations on one
+      # machine differed in a few early frames of about a third of the clips (measured; the
+      # rendered frames, the audio and every text file were identical). Compare generations by
+      # `render_clip_arrays`, not by the files' bytes.
       vstream.codec_context.thread_count = 1
     if audio is not None:
       astream = container.add_stream(audio_codec, rate=int(sample_rate), layout="mono")
@@ -206,8 +259,12 @@ def _rgb(h: float, s: float, v: float) -> np.ndarray:
 
 
 def render_video(rng: np.random.Generator, label: int, num_classes: int, duration: float,
-                 fps: float, size: int) -> np.ndarray:
-  """One clip's frames: uint8 [round(duration * fps), size, size, 3]."""
+                 fps: float, size: int, hue_jitter: float = HUE_JITTER) -> np.ndarray:
+  """One clip's frames: uint8 [round(duration * fps), size, size, 3].
+
+  Args:
+    hue_jitter: standard deviation of the disc hue around its class hue, in class spacings.
+  """
   n = int(round(duration * fps))
   yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
   base = _rgb(rng.random(), rng.uniform(0, 0.4), rng.uniform(0.3, 0.7))
@@ -228,7 +285,7 @@ def render_video(rng: np.random.Generator, label: int, num_classes: int, duratio
     return out
 
   spacing = 1.0 / num_classes
-  hue = class_hue(label, num_classes) + rng.normal(0, HUE_JITTER * spacing)
+  hue = class_hue(label, num_classes) + rng.normal(0, hue_jitter * spacing)
   disc_color = _rgb(hue, rng.uniform(0.7, 1.0), rng.uniform(0.7, 1.0))
   disc_radius = rng.uniform(size * 0.12, size * 0.2)
   disc_track = track(disc_radius)
@@ -277,11 +334,22 @@ def _clip_plan(num_classes: int, clips_per_class: int, test_fraction: float,
   return plan
 
 
-def _render_clip(item: dict, *, out_dir: str, num_classes: int, duration: float, fps: float,
-                 size: int, sample_rate: int, seed: int) -> str:
+def render_clip_arrays(item: dict, *, num_classes: int, duration: float, fps: float, size: int,
+                       sample_rate: int, seed: int, hue_jitter: float = HUE_JITTER
+                       ) -> tuple[np.ndarray, np.ndarray]:
+  """One planned clip's media before encoding: (frames uint8 [N, size, size, 3], waveform
+  float32 [duration * sample_rate]), drawn from the generator seeded by (seed, 1, clip index)."""
   rng = np.random.default_rng([seed, 1, item["index"]])
-  frames = render_video(rng, item["label"], num_classes, duration, fps, size)
+  frames = render_video(rng, item["label"], num_classes, duration, fps, size, hue_jitter)
   audio = render_audio(rng, item["label"], num_classes, duration, sample_rate, item["audio"])
+  return frames, audio
+
+
+def _render_clip(item: dict, *, out_dir: str, num_classes: int, duration: float, fps: float,
+                 size: int, sample_rate: int, seed: int, hue_jitter: float = HUE_JITTER) -> str:
+  frames, audio = render_clip_arrays(item, num_classes=num_classes, duration=duration, fps=fps,
+                                     size=size, sample_rate=sample_rate, seed=seed,
+                                     hue_jitter=hue_jitter)
   path = os.path.join(out_dir, "videos", item["name"] + ".mp4")
   tmp = path + ".part.mp4"
   write_video(tmp, frames, fps, audio, sample_rate)
@@ -291,8 +359,9 @@ def _render_clip(item: dict, *, out_dir: str, num_classes: int, duration: float,
 
 def generate(out_dir: str, *, num_classes: int = 10, clips_per_class: int = 60,
              duration: float = 3.0, fps: float = 8.0, size: int = 64, sample_rate: int = 16000,
-             test_fraction: float = 0.2, uninformative_audio: float = 0.35, seed: int = 0,
-             workers: int = 1, progress: bool = False) -> dict:
+             test_fraction: float = 0.2, uninformative_audio: Optional[float] = None,
+             hue_jitter: Optional[float] = None, dial: Optional[float] = DEFAULT_DIAL,
+             seed: int = 0, workers: int = 1, progress: bool = False) -> dict:
   """Writes the raw synthetic dataset in the Kinetics-Sounds layout.
 
   Files: videos/<name>.mp4 (h264 + aac), train.txt and test.txt (`name,duration,label`),
@@ -305,25 +374,30 @@ def generate(out_dir: str, *, num_classes: int = 10, clips_per_class: int = 60,
     fps, size: the source video's frame rate and (square) frame size.
     sample_rate: the audio track's rate.
     test_fraction: share of each class in test.
-    uninformative_audio: share of each class (and split) whose audio carries no class evidence.
+    uninformative_audio: share of each class (and split) whose audio carries no class evidence
+      (default: the dial's).
+    hue_jitter: standard deviation of the disc hue, in class spacings (default: the dial's).
+    dial: the imbalance dial in [0, 1] (module docstring), or None for the legacy generator:
+      the published dataset, byte for byte in its media arrays, split files and synthetic.json.
     seed: seeds everything.
     workers: encoding processes.
     progress: show a progress bar.
 
   Returns:
-    The generator arguments (as written to synthetic.json).
+    The generator arguments (as written to synthetic.json; `generator_args`).
   """
-  args = dict(version=GENERATOR_VERSION, num_classes=num_classes,
-              clips_per_class=clips_per_class, duration=duration, fps=fps, size=size,
-              sample_rate=sample_rate, test_fraction=test_fraction,
-              uninformative_audio=uninformative_audio, seed=seed)
+  args = generator_args(num_classes=num_classes, clips_per_class=clips_per_class,
+                        duration=duration, fps=fps, size=size, sample_rate=sample_rate,
+                        test_fraction=test_fraction, uninformative_audio=uninformative_audio,
+                        hue_jitter=hue_jitter, dial=dial, seed=seed)
   if size % 2:
     raise ValueError(f"size must be even (h264), got {size}")
   os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
-  plan = _clip_plan(num_classes, clips_per_class, test_fraction, uninformative_audio, seed)
+  plan = _clip_plan(num_classes, clips_per_class, test_fraction, args["uninformative_audio"],
+                    seed)
   render = functools.partial(_render_clip, out_dir=out_dir, num_classes=num_classes,
                              duration=duration, fps=fps, size=size, sample_rate=sample_rate,
-                             seed=seed)
+                             seed=seed, hue_jitter=args.get("hue_jitter", HUE_JITTER))
   from tqdm import tqdm
 
   bar = tqdm(total=len(plan), unit="clip", desc="generating", disable=not progress)
@@ -366,17 +440,19 @@ def _lock(path: str):
 
 def ensure_synthetic(cache_dir: str, *, num_classes: int = 10, clips_per_class: int = 60,
                      duration: float = 3.0, fps: float = 8.0, size: int = 64, seed: int = 0,
-                     image_size: Optional[int] = None, preset: str = "iibalance",
-                     clips_per_shard: int = 64, workers: Optional[int] = None,
-                     progress: bool = False) -> str:
+                     dial: Optional[float] = DEFAULT_DIAL, image_size: Optional[int] = None,
+                     preset: str = "iibalance", clips_per_shard: int = 64,
+                     workers: Optional[int] = None, progress: bool = False) -> str:
   """Generates and prepares the synthetic dataset under `cache_dir` unless already there.
 
   Idempotent and safe to call from several processes at once (a file lock serialises them);
   a call with other arguments regenerates what they change.
 
   Args:
-    cache_dir: holds raw/ (the media) and prepared/synthetic/ (the TFRecords).
-    num_classes, clips_per_class, duration, fps, size, seed: see `generate`.
+    cache_dir: holds raw/ (the media) and prepared/synthetic/ (the TFRecords) of the legacy
+      dataset (dial None), and the same under dial_<dial>/ for a dial, so that datasets of
+      different dials share a cache without regenerating one another.
+    num_classes, clips_per_class, duration, fps, size, seed, dial: see `generate`.
     image_size: stored frame size (default: `size`).
     preset: the audio front-end.
     clips_per_shard: shard size of the prepared dataset.
@@ -397,13 +473,14 @@ def ensure_synthetic(cache_dir: str, *, num_classes: int = 10, clips_per_class: 
         "`if __name__ == '__main__':` in scripts")
   if workers is None:
     workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+  gen_args = generator_args(num_classes=num_classes, clips_per_class=clips_per_class,
+                            duration=duration, fps=fps, size=size, dial=dial, seed=seed)
+  if dial is not None:
+    cache_dir = os.path.join(cache_dir, f"dial_{dial:g}")
   os.makedirs(cache_dir, exist_ok=True)
   raw_dir = os.path.join(cache_dir, "raw")
   out_dir = os.path.join(cache_dir, "prepared")
   data_dir = os.path.join(out_dir, NAME)
-  gen_args = dict(version=GENERATOR_VERSION, num_classes=num_classes,
-                  clips_per_class=clips_per_class, duration=duration, fps=fps, size=size,
-                  sample_rate=16000, test_fraction=0.2, uninformative_audio=0.35, seed=seed)
   image_size = size if image_size is None else image_size
   with _lock(os.path.join(cache_dir, ".lock")):
     stamp = os.path.join(cache_dir, "synthetic_ready.json")
@@ -421,8 +498,8 @@ def ensure_synthetic(cache_dir: str, *, num_classes: int = 10, clips_per_class: 
     if current != gen_args:
       if os.path.exists(raw_dir):
         shutil.rmtree(raw_dir)
-      generate(raw_dir, **{k: v for k, v in gen_args.items() if k != "version"},
-               workers=workers, progress=progress)
+      generate(raw_dir, **{k: v for k, v in gen_args.items() if k not in ("version", "dial")},
+               dial=gen_args.get("dial"), workers=workers, progress=progress)
     listing = kinetics_sounds.list_clips(raw_dir, val_fraction=0.1, seed=seed, name=NAME)
     listing.source["dataset"] = "synthetic"
     listing.source["generator"] = gen_args
@@ -451,8 +528,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument("--fps", type=float, default=8.0, help="source video frame rate")
   p.add_argument("--size", type=int, default=64, help="source frame size (square, even)")
   p.add_argument("--test_fraction", type=float, default=0.2)
-  p.add_argument("--uninformative_audio", type=float, default=0.35,
-                 help="share of clips whose audio carries no class evidence")
+  p.add_argument("--dial", default=str(DEFAULT_DIAL),
+                 help="imbalance dial in [0, 1], or 'none' for the legacy (published) dataset")
+  p.add_argument("--uninformative_audio", type=float, default=None,
+                 help="share of clips whose audio carries no class evidence (default: the dial's)")
+  p.add_argument("--hue_jitter", type=float, default=None,
+                 help="disc hue jitter in class spacings (default: the dial's)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--workers", type=int,
                  default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
@@ -461,6 +542,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   generate(args.out_dir, num_classes=args.num_classes, clips_per_class=args.clips_per_class,
            duration=args.duration, fps=args.fps, size=args.size,
            test_fraction=args.test_fraction, uninformative_audio=args.uninformative_audio,
+           hue_jitter=args.hue_jitter,
+           dial=None if args.dial.lower() == "none" else float(args.dial),
            seed=args.seed, workers=args.workers, progress=sys.stderr.isatty())
   n = args.num_classes * args.clips_per_class
   print(f"wrote {n} clips to {args.out_dir} in {time.time() - start:.1f} s")

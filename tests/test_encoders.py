@@ -13,9 +13,9 @@ from iib_jax.models.recurrent import RecurrentAudioEncoder
 from iib_jax.models.resnet import ResNet, SpectrogramResNet, VideoResNet
 
 BATCH = 2
-INPUT_SHAPES = {"video": (BATCH, 2, 32, 32, 3), "audio": (BATCH, 40, 16)}
+INPUT_SHAPES = {"video": (BATCH, 2, 32, 32, 3), "audio": (BATCH, 40, 16), "vector": (BATCH, 32)}
 TINY_FEATURES = {"resnet18": 64, "resnet18_spec": 64, "audio_cnn": 64, "mobilenet_v2": 64,
-                 "gru": 16, "lstm": 16}
+                 "gru": 16, "lstm": 16, "mlp": 8}
 
 
 def _input(name, seed=0):
@@ -42,7 +42,7 @@ def _num_params(model, shape):
 
 def test_registry_lists_every_encoder_with_its_input_kind():
   assert set(ENCODERS) == set(ENCODER_INPUT) == set(TINY_FEATURES)
-  assert set(ENCODER_INPUT.values()) == {"video", "audio"}
+  assert set(ENCODER_INPUT.values()) == {"video", "audio", "vector"}
 
 
 @pytest.mark.parametrize("name", sorted(ENCODERS))

@@ -1,8 +1,9 @@
 """Encoder names → Linen modules, with a full and a tiny (test) size for each.
 
 Every encoder maps one modality's batch to pooled features: `encoder(x, train=...) -> [B, d]`.
-Video encoders read `[B, T, H, W, 3]` frames, audio encoders `[B, time, bins]` spectrograms
-(`ENCODER_INPUT`). Parameters are float32; `dtype` sets the compute dtype.
+Video encoders read `[B, T, H, W, 3]` frames, audio encoders `[B, time, bins]` spectrograms,
+vector encoders `[B, D]` features (`ENCODER_INPUT`). Parameters are float32; `dtype` sets the
+compute dtype.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from iib_jax.models.audio_cnn import AudioCNN1D
+from iib_jax.models.mlp import MLPEncoder
 from iib_jax.models.mobilenet import VideoMobileNetV2
 from iib_jax.models.recurrent import RecurrentAudioEncoder
 from iib_jax.models.resnet import SpectrogramResNet, VideoResNet
@@ -24,9 +26,11 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "mobilenet_v2": VideoMobileNetV2,        # IIBalance's CREMA-D visual encoder (§2.7)
     "gru": functools.partial(RecurrentAudioEncoder, cell="gru"),    # CREMA-D audio (§2.7)
     "lstm": functools.partial(RecurrentAudioEncoder, cell="lstm"),
+    "mlp": MLPEncoder,                       # the feature-level benchmark (docs/DATA.md)
 }
 
-# Which batch layout each encoder reads: "video" [B, T, H, W, 3] or "audio" [B, time, bins].
+# Which batch layout each encoder reads: "video" [B, T, H, W, 3], "audio" [B, time, bins] or
+# "vector" [B, D].
 ENCODER_INPUT: dict[str, str] = {
     "resnet18": "video",
     "resnet18_spec": "audio",
@@ -34,6 +38,7 @@ ENCODER_INPUT: dict[str, str] = {
     "mobilenet_v2": "video",
     "gru": "audio",
     "lstm": "audio",
+    "mlp": "vector",
 }
 
 # Width 8 (or the nearest the architecture allows), one block per stage: same topology as the
@@ -48,6 +53,7 @@ _TINY_FIELDS: dict[str, dict[str, Any]] = {
                                                     (6, 320, 1, 1))),
     "gru": dict(hidden=8, num_layers=1),
     "lstm": dict(hidden=8, num_layers=1),
+    "mlp": dict(hidden=(8, 8)),
 }
 
 SIZES = ("full", "tiny")
@@ -59,7 +65,8 @@ def make_encoder(encoder: str, /, size: str = "full", dtype: Any = jnp.float32,
 
   Args:
     encoder: a key of `ENCODERS`.
-    size: "full" (the published architecture) or "tiny" (width 8, one block per stage; tests).
+    size: "full" (the published architecture; the MLP's is this library's own, two layers of
+      64) or "tiny" (width 8, one block per stage; tests).
     dtype: compute dtype, e.g. `jnp.float32` or `jnp.bfloat16`; parameters stay float32.
     **kwargs: further module fields overriding the size's defaults, and the Linen `name`.
 
