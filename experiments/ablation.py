@@ -35,7 +35,10 @@ def main(_):
   config.method = plan.method
   config.compare_with = ()
   t0 = time.time()
-  results = sweep.run_variants(config, plan.variants, range(flags.FLAGS.seeds), flags.FLAGS.root)
+  from experiments import cli
+  with cli.stops_on_bad_input():
+    results = sweep.run_variants(config, plan.variants, range(flags.FLAGS.seeds),
+                                 flags.FLAGS.root)
   table = sweep.markdown_table(results, config.modalities, label="Variant")
   text = (f"## Table II ({config.data.name}): test accuracy (%), mean ± std over seeds\n\n{table}\n"
           + report.footer("python -m experiments.ablation", time.time() - t0))

@@ -9,6 +9,7 @@ valid keys at that level (`check_config_flags`).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -61,6 +62,21 @@ def check_config_flags(argv: Sequence[str], default_file: str, name: str = "conf
       sys.exit(2)
 
 
+@contextlib.contextmanager
+def stops_on_bad_input():
+  """Turns the errors that name their cause (an invalid config, a workdir made from something
+  else, a damaged dataset) into `error: ...` on stderr and exit status 1, without a traceback."""
+  from experiments.workdir import WorkdirMismatch
+  try:
+    yield
+  except WorkdirMismatch as e:
+    sys.exit(f"error: {e}")
+  except ValueError as e:
+    if str(e).startswith("invalid config") or type(e).__name__ == "DatasetError":
+      sys.exit(f"error: {e}")
+    raise
+
+
 def run(dataset: str) -> None:
   argv = sys.argv[1:]
   default_file = os.path.join(HERE, "configs", f"{dataset}.py")
@@ -86,11 +102,7 @@ def run(dataset: str) -> None:
     if flags.FLAGS.workdir:
       with config.unlocked():
         config.workdir = flags.FLAGS.workdir
-    try:
+    with stops_on_bad_input():
       runner.main(config)
-    except ValueError as e:
-      if str(e).startswith("invalid config"):
-        sys.exit(f"error: {e}")
-      raise
 
   app.run(main)

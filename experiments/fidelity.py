@@ -32,7 +32,10 @@ def main(_):
   config.method = plan.method
   config.compare_with = ()
   t0 = time.time()
-  results = sweep.run_variants(config, plan.variants, range(flags.FLAGS.seeds), flags.FLAGS.root)
+  from experiments import cli
+  with cli.stops_on_bad_input():
+    results = sweep.run_variants(config, plan.variants, range(flags.FLAGS.seeds),
+                                 flags.FLAGS.root)
   table = sweep.markdown_table(results, config.modalities, label="PRA similarity, Eq. 11")
   text = f"{table}\n" + report.footer("python -m experiments.fidelity", time.time() - t0)
   os.makedirs(flags.FLAGS.root, exist_ok=True)

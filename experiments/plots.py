@@ -95,8 +95,15 @@ def weight_distribution(modalities: Sequence[str], weights: np.ndarray, path: st
   return path
 
 
-def save_all(workdir: str, modalities: Sequence[str]) -> list[str]:
-  """Draws every figure that the run directory has the data for; returns the paths written."""
+def save_all(workdir: str, modalities: Sequence[str],
+             results: Mapping | None = None) -> list[str]:
+  """Draws every figure that the run directory has the data for; returns the paths written.
+
+  Args:
+    workdir: the run directory.
+    modalities: names in M-axis order.
+    results: the run's results (default: its results.json, when written).
+  """
   written = []
   metrics = os.path.join(workdir, "metrics.jsonl")
   if os.path.exists(metrics):
@@ -104,9 +111,10 @@ def save_all(workdir: str, modalities: Sequence[str]) -> list[str]:
                                    os.path.join(workdir, "accuracy_curves.png")))
   results_path = os.path.join(workdir, "results.json")
   weights_path = os.path.join(workdir, "test_weights.npy")
-  if os.path.exists(results_path):
+  if results is None and os.path.exists(results_path):
     with open(results_path) as f:
       results = json.load(f)
+  if results is not None:
     beta = results.get("beta")
     mean_w = [results["test_best"].get(f"weight_{m}") for m in modalities]
     if beta and None not in mean_w:

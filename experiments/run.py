@@ -21,11 +21,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from experiments import build, plots
+from experiments import build, plots, workdir as workdir_lib
 from experiments.configs import common
 from iib_jax import build as lib_build
-from iib_jax import budget, checkpoint, estimate, loop, methods, state as state_lib, train
-from iib_jax import writers
+from iib_jax import budget, checkpoint, estimate, loop, methods, schema, state as state_lib
+from iib_jax import train, writers
 
 log = build.log
 
@@ -54,6 +54,8 @@ def unimodal_phase(config, data: build.Data, workdir: str,
     log(f"IIB phase: reusing {path} (β = {np.round(record['beta'], 4).tolist()})")
     return record
   os.makedirs(iib_dir, exist_ok=True)
+  # The phase has no checkpoints of its own: a killed phase starts again, so its records do.
+  writer.truncate_after("unimodal", -1)
   modalities = tuple(config.modalities)
   spec = lib_build.method_spec(config, data.num_classes, data.steps_per_epoch(),
                                config.iib.epochs)
@@ -138,6 +140,13 @@ def train_method(config, name: str, data: build.Data, workdir: str,
   definition = methods.definition(name)
   unimodal_dir = unimodal_dir or os.path.join(workdir, "iib")
   options = lib_build.method_options(config, name)
+  done = os.path.join(workdir, "results.json")
+  if os.path.exists(done):
+    # A finished run (its fingerprint was checked by the caller): nothing is trained or written.
+    with open(done) as f:
+      results = json.load(f)
+    log(f"[{name}] finished earlier in {workdir}: reusing its results")
+    return results
   if stage is None and definition.train is not None:
     return definition.train(Stages(config, name, data, workdir, budgets, unimodal_dir), options)
   os.makedirs(workdir, exist_ok=True)
@@ -181,17 +190,19 @@ def train_method(config, name: str, data: build.Data, workdir: str,
     state = hooks.before_training(state)
 
   def on_log(step, metrics):
-    writer.write(phase="multimodal", split="train_steps", epoch=step // spec.steps_per_epoch,
-                 step=step, metrics=metrics)
+    # `step` counts the steps done: the window's last step is step − 1, in epoch (step − 1) // n.
+    writer.write(phase="multimodal", split="train_steps",
+                 epoch=(step - 1) // spec.steps_per_epoch, step=step, metrics=metrics)
 
   def on_epoch_end(epoch, state, train_metrics, val):
     step = (epoch + 1) * spec.steps_per_epoch
+    # The epoch's records first, then its checkpoints (writers.MetricWriter.truncate_after).
+    writer.write(phase="multimodal", split="train", epoch=epoch, step=step, metrics=train_metrics)
+    writer.write(phase="multimodal", split="val", epoch=epoch, step=step, metrics=val)
     if val["acc_fused"] > best["acc_fused"]:     # selection on validation only
       best.update(epoch=epoch, acc_fused=val["acc_fused"])
       ckpt.save("best", epoch, state, {"epoch": epoch, "val": val})
     ckpt.save("latest", epoch, state, {"epoch": epoch, "best": dict(best)})
-    writer.write(phase="multimodal", split="train", epoch=epoch, step=step, metrics=train_metrics)
-    writer.write(phase="multimodal", split="val", epoch=epoch, step=step, metrics=val)
     return False
 
   if start_epoch < epochs:
@@ -220,10 +231,10 @@ def train_method(config, name: str, data: build.Data, workdir: str,
                step=int(best_state.step), metrics=results["test_best"])
   if "weights" in test_best:
     np.save(os.path.join(workdir, "test_weights.npy"), test_best["weights"])
-  estimate.write_json(os.path.join(workdir, "results.json"), results)
   writer.close()
   ckpt.close()
-  plots.save_all(workdir, modalities)
+  plots.save_all(workdir, modalities, results)
+  estimate.write_json(done, results)          # last: its presence marks the run finished
   return results
 
 
@@ -348,8 +359,41 @@ def synthetic_config(config: ml_collections.ConfigDict) -> ml_collections.Config
   return demo
 
 
+def plan(config, names: Sequence[str], workdir: str) -> dict[str, dict[str, Any]]:
+  """{directory: fingerprint} of every directory a run of `names` in `workdir` trains in."""
+  info = schema.load_info(config.data.dir)
+  dirs = {}
+  if any(needs_unimodal_phase(config, n) for n in names):
+    dirs[os.path.join(workdir, "iib")] = workdir_lib.fingerprint(config, info,
+                                                                  workdir_lib.UNIMODAL)
+  for name in names:
+    sub = workdir if name == config.method else os.path.join(workdir, "compare", name)
+    dirs[sub] = workdir_lib.fingerprint(config, info, name)
+  return dirs
+
+
+def prepare_directories(config, dirs: Mapping[str, Mapping[str, Any]]) -> None:
+  """Checks every directory of a run before anything is written (a mismatch raises
+  `workdir.WorkdirMismatch`; `config.overwrite` clears them instead), then verifies the dataset's
+  shards (`iib_jax.data.DatasetError`), then records the fingerprints."""
+  from iib_jax import data as data_lib
+  for directory, fp in dirs.items():
+    if config.overwrite:
+      workdir_lib.clear(directory)
+    else:
+      workdir_lib.check(directory, fp)
+  data_lib.verify_dataset(config.data.dir)
+  for directory, fp in dirs.items():
+    workdir_lib.record(directory, fp)
+
+
 def main(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Runs the whole experiment described by `config`; returns the results per method."""
+  """Runs the whole experiment described by `config`; returns the results per method.
+
+  Nothing is written before the config is valid, every directory of the run is either new or was
+  made from the same configuration, data and code (`experiments.workdir`), and every shard of the
+  dataset is as its preparation recorded it.
+  """
   config = ml_collections.ConfigDict(config.to_dict())        # unlocked private copy
   if not config.data.dir:
     config = synthetic_demo(config)
@@ -357,19 +401,20 @@ def main(config: ml_collections.ConfigDict) -> dict[str, Any]:
   if not config.workdir:
     config.workdir = os.path.join("runs", f"{config.data.name}_{config.method}_seed{config.seed}")
   workdir = config.workdir
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
   t0 = time.time()
   devices = build.Devices()
   if config.optim.batch_size % devices.count:
     raise ValueError(f"invalid config: optim.batch_size={config.optim.batch_size!r}; accepted: a "
                      f"multiple of the number of devices ({devices.count})")
+  names = [config.method] + [m for m in config.compare_with if m != config.method]
+  dirs = plan(config, names, workdir)
+  prepare_directories(config, dirs)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
   data = build.Data(config, config.data.dir, devices)
   log(f"data: {config.data.dir} ({data.num_classes} classes; "
       + ", ".join(f"{s} {n}" for s, n in data.info["splits"].items()) + f"); devices: "
       f"{devices.count} × {jax.devices()[0].device_kind}")
-  names = [config.method] + [m for m in config.compare_with if m != config.method]
   writer = writers.MetricWriter(workdir, config.modalities)
   budgets = (unimodal_phase(config, data, workdir, writer)
              if any(needs_unimodal_phase(config, n) for n in names) else None)

@@ -59,7 +59,10 @@ def main(_):
   config.method = plan.method
   config.compare_with = ()
   t0 = time.time()
-  results = sweep.run_variants(config, plan.variants, range(flags.FLAGS.seeds), flags.FLAGS.root)
+  from experiments import cli
+  with cli.stops_on_bad_input():
+    results = sweep.run_variants(config, plan.variants, range(flags.FLAGS.seeds),
+                                 flags.FLAGS.root)
   curves = {p: [{"value": v, "agg": sweep.aggregate(results[f"{p}={v:g}"], config.modalities)}
                 for v in vs] for p, vs in grid.items()}
   os.makedirs(flags.FLAGS.root, exist_ok=True)

@@ -15,9 +15,9 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 import numpy as np
 
-from experiments import build, run as runner
+from experiments import build, run as runner, workdir
 from experiments.configs import common
-from iib_jax import methods, writers
+from iib_jax import methods, schema, writers
 
 override = common.override
 
@@ -33,7 +33,9 @@ def run_variants(config: ml_collections.ConfigDict, variants: Mapping[str, Mappi
   """Runs every variant (a dict of config overrides) for every seed.
 
   Each run lives in `<root>/seed<s>/<dir_name(variant)>/` with its config.json; a run whose
-  results.json exists is read, not run again; a variant whose configuration equals an earlier
+  results.json exists is read, not run again, once its fingerprint says it was made from the
+  same configuration, data and code (`experiments.workdir`; otherwise the sweep stops before
+  writing anything, unless `config.overwrite`); a variant whose configuration equals an earlier
   one's gets that run's results (marked "same_run_as"); the seed's unimodal phase
   (`<root>/seed<s>/iib/`) is shared by its variants.
 
@@ -50,6 +52,17 @@ def run_variants(config: ml_collections.ConfigDict, variants: Mapping[str, Mappi
   if len(set(dirs.values())) < len(dirs):
     raise ValueError(f"variant names {sorted(variants)} share directories {dirs}")
   devices = build.Devices()
+  info = schema.load_info(config.data.dir)
+  planned = {}
+  for seed in seeds:
+    seed_dir = os.path.join(root, f"seed{seed}")
+    if any(runner.needs_unimodal_phase(c, c.method) for c in variant_configs.values()):
+      planned[os.path.join(seed_dir, "iib")] = workdir.fingerprint(
+          override(config, {"seed": seed}), info, workdir.UNIMODAL)
+    for name, variant in variant_configs.items():
+      planned[os.path.join(seed_dir, dirs[name])] = workdir.fingerprint(
+          override(variant, {"seed": seed}), info, variant.method)
+  runner.prepare_directories(config, planned)
   for seed in seeds:
     seed_dir = os.path.join(root, f"seed{seed}")
     os.makedirs(seed_dir, exist_ok=True)
@@ -66,8 +79,8 @@ def run_variants(config: ml_collections.ConfigDict, variants: Mapping[str, Mappi
         writer.close()
     trained: dict[str, str] = {}    # a variant's configuration -> the first variant run with it
     for name, variant in variant_configs.items():
-      workdir = os.path.join(seed_dir, dirs[name])
-      path = os.path.join(workdir, "results.json")
+      run_dir = os.path.join(seed_dir, dirs[name])
+      path = os.path.join(run_dir, "results.json")
       same = override(variant, {"seed": seed}).to_json_best_effort(sort_keys=True)
       first = trained.setdefault(same, name)
       if not os.path.exists(path) and first != name:
@@ -75,18 +88,18 @@ def run_variants(config: ml_collections.ConfigDict, variants: Mapping[str, Mappi
         # its results, not a second identical training.
         with open(os.path.join(seed_dir, dirs[first], "results.json")) as f:
           out = {**json.load(f), "same_run_as": first}
-        os.makedirs(workdir, exist_ok=True)
+        os.makedirs(run_dir, exist_ok=True)
         with open(path, "w") as f:
           json.dump(out, f, indent=2)
       if not os.path.exists(path):
-        cfg = override(variant, {"seed": seed, "workdir": workdir})
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
+        cfg = override(variant, {"seed": seed, "workdir": run_dir})
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
           f.write(cfg.to_json_best_effort(indent=2))
         t0 = time.time()
         runner.log(f"== {name}, seed {seed}")
         needs = methods.definition(cfg.method).needs_budgets
-        out = runner.train_method(cfg, cfg.method, data, workdir, budgets if needs else None,
+        out = runner.train_method(cfg, cfg.method, data, run_dir, budgets if needs else None,
                                   unimodal_dir=os.path.join(seed_dir, "iib"))
         out["wall_s"] = time.time() - t0
         with open(path, "w") as f:

@@ -82,6 +82,7 @@ def dataset_config(settings, dataset: str):
       overrides[key] = settings[field]
   overrides.update(_parse_overrides(settings.overrides))
   overrides["compare_with"] = ()
+  overrides["overwrite"] = bool(settings.overwrite)
   config = common.override(config, overrides)
   data_dir = settings.data_dirs.get(dataset, "")
   if data_dir:
@@ -249,13 +250,9 @@ def run(settings) -> dict[str, Any]:
 def main(_):
   from absl import logging
   logging.set_verbosity(logging.WARNING)        # orbax logs every save at INFO
-  import sys
-  try:
+  from experiments import cli
+  with cli.stops_on_bad_input():
     run(flags.FLAGS.config)
-  except ValueError as e:
-    if str(e).startswith("invalid config"):
-      sys.exit(f"error: {e}")
-    raise
 
 
 if __name__ == "__main__":

@@ -57,6 +57,10 @@ def gate_input(uncertainty: jax.Array, feats: Sequence[jax.Array] | jax.Array,
   return jnp.concatenate([uncertainty.astype(dtype)] + pooled, axis=-1)
 
 
+# Names of the three terms in the model's outputs and the eval step's (each [B, M]).
+LOG_ALPHA_TERMS = ("log_alpha_prior", "log_alpha_uncertainty", "log_alpha_gate")
+
+
 class LogAlphaTerms(NamedTuple):
   """The three terms of log α_m (Eq. 9), each [B, M] float32; their sum is log α.
 

@@ -13,7 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from iib_jax import fusion
+
 Batch = Mapping[str, Any]
+# The per-example terms of log α behind the fusion weights (iib_jax.methods.base.eval_outputs).
+LOG_ALPHA_TERMS = fusion.LOG_ALPHA_TERMS
 
 
 class NonFiniteError(RuntimeError):
@@ -102,7 +106,9 @@ def summarize(outputs: Mapping[str, np.ndarray], modalities: Sequence[str]) -> d
   Returns:
     dict with `acc_fused`, `acc_<m>` per modality, `acc_avg` (mean of the fused and unimodal
     accuracies: Table I's Avg), `budget_<m>` (mean 1 − H of the unimodal predictions: Eq. 1),
-    `weight_<m>` when the model fuses with weights, and `num_examples`.
+    `weight_<m>` when the model fuses with weights, with the means of the three terms of
+    log α behind them (`log_alpha_prior_<m>`, `log_alpha_uncertainty_<m>`, `log_alpha_gate_<m>`),
+    and `num_examples`.
   """
   labels = outputs["label"]
   n = len(labels)
@@ -113,8 +119,9 @@ def summarize(outputs: Mapping[str, np.ndarray], modalities: Sequence[str]) -> d
   for i, modality in enumerate(modalities):
     result[f"acc_{modality}"] = float(np.mean(outputs["unimodal_pred"][:, i] == labels))
     result[f"budget_{modality}"] = float(np.mean(1.0 - outputs["unimodal_entropy"][:, i]))
-    if "weights" in outputs:
-      result[f"weight_{modality}"] = float(np.mean(outputs["weights"][:, i]))
+    for key, name in (("weights", "weight"),) + tuple((t, t) for t in LOG_ALPHA_TERMS):
+      if key in outputs:
+        result[f"{name}_{modality}"] = float(np.mean(outputs[key][:, i]))
   accs = [result["acc_fused"]] + [result[f"acc_{m}"] for m in modalities]
   result["acc_avg"] = float(np.mean(accs))
   return result

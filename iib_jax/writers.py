@@ -32,7 +32,8 @@ class MetricWriter:
   """Appends JSON records to `workdir/metrics.jsonl` and mirrors scalars to TensorBoard.
 
   Each record carries `phase` (e.g. "unimodal", "multimodal"), `split` ("train", "val", "test"),
-  `epoch` and `step`, then the scalars.
+  `epoch` and `step`, then the scalars. A record is one line, written whole; a line a killed
+  process left unfinished is dropped when the file is opened again.
   """
 
   def __init__(self, workdir: str, modalities: Sequence[str], tensorboard: bool = True):
@@ -42,6 +43,15 @@ class MetricWriter:
     self._tb = None
     self._tb_dir = os.path.join(workdir, "tensorboard")
     self._use_tb = tensorboard
+    self._drop_unfinished_line()
+
+  def _drop_unfinished_line(self) -> None:
+    if not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
+      return
+    with open(self.path, "rb+") as f:
+      data = f.read()
+      if not data.endswith(b"\n"):
+        f.truncate(data.rfind(b"\n") + 1)
 
   def write(self, *, phase: str, split: str, epoch: int, step: int,
             metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -49,16 +59,26 @@ class MetricWriter:
     record = {"phase": phase, "split": split, "epoch": int(epoch), "step": int(step), **scalars}
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
+      f.flush()
     self._tensorboard(f"{phase}/{split}", step, scalars)
     return record
 
   def truncate_after(self, phase: str, epoch: int) -> None:
-    """Drops records of `phase` later than `epoch` (a resumed run writes them again)."""
+    """Drops the records of `phase` later than `epoch`, and its final ("test") records: what a
+    run resumed from the checkpoint of `epoch` writes again.
+
+    The rule that makes metrics.jsonl exact after any kill: an epoch's records are written
+    before its checkpoint, so every record up to a checkpoint's epoch is on disk when the
+    checkpoint is, and everything after it is dropped here and written again on resume.
+    """
     if not os.path.exists(self.path):
       return
     with open(self.path) as f:
       records = [json.loads(line) for line in f if line.strip()]
-    kept = [r for r in records if r.get("phase") != phase or r.get("epoch", -1) <= epoch]
+    kept = [r for r in records if r.get("phase") != phase
+            or (r.get("epoch", -1) <= epoch and r.get("split") != "test")]
+    if len(kept) == len(records):
+      return
     tmp = self.path + ".tmp"
     with open(tmp, "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in kept)

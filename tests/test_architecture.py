@@ -55,10 +55,8 @@ TOY = base.Definition(name="toy", build=build_toy, options=ToyOptions, display="
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  from data_prep import synthetic
-  return synthetic.ensure_synthetic(str(tmp_path_factory.getbasetemp() / "synthetic_tiny"),
-                                    num_classes=3, clips_per_class=8, duration=1.0, fps=4,
-                                    size=32, workers=1)
+  from tests import commands
+  return commands.tiny_dataset(tmp_path_factory)
 
 
 @pytest.fixture
@@ -209,3 +207,14 @@ def test_no_import_cycle_among_the_project_modules():
   assert "iib_jax.methods.base" in graph["iib_jax.methods.agm"]
   cycle = find_cycle(graph)
   assert cycle is None, " -> ".join(cycle)
+
+
+def test_a_mistyped_key_on_the_command_line_is_one_line():
+  from tests import commands
+  done = commands.run("experiments.synthetic", "--config.methods.ogm_ge.alfa=1", check=False,
+                      timeout=120)
+  assert done.returncode == 2
+  lines = done.stderr.strip().splitlines()
+  assert len(lines) == 1, done.stderr
+  assert "methods.ogm_ge.alfa" in lines[0] and "did you mean methods.ogm_ge.alpha" in lines[0]
+  assert "alpha, fusion, ge, modulation_end, modulation_start, noise_seed" in lines[0]

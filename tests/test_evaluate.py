@@ -1,53 +1,25 @@
 """The evaluation command on trained smoke run directories (IIBalance and, as a compare run, AGM),
 and its corruptions and linear probe against values worked out by hand."""
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from experiments import evaluate
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def command_env(cache):
-  return {**os.environ, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "",
-          "TF_CPP_MIN_LOG_LEVEL": "3",
-          # Threefry's unrolled hash makes every parameter initialisation compile about three
-          # times slower on CPU; the evaluation does not depend on the generator.
-          "JAX_DEFAULT_PRNG_IMPL": "rbg",
-          # These runs are compile-bound: unoptimised machine code halves every compile.
-          "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0",
-          # Compiled steps shared with the other runner processes of this test session.
-          "JAX_COMPILATION_CACHE_DIR": str(cache)}
+from tests import commands
 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-  from data_prep import synthetic
-  base = tmp_path_factory.getbasetemp()
-  data_dir = synthetic.ensure_synthetic(str(base / "synthetic_tiny"), num_classes=3,
-                                        clips_per_class=8, duration=1.0, fps=4, size=32,
-                                        workers=1)
+  data_dir = commands.tiny_dataset(tmp_path_factory)
   work = tmp_path_factory.mktemp("evaluate")
   run, out = work / "run", work / "combined"
-  env = command_env(base / "jax_cache")
-  trained = subprocess.run(
-      [sys.executable, "-m", "experiments.synthetic",
-       "--config=experiments/configs/synthetic.py:smoke", f"--config.data.dir={data_dir}",
-       f"--workdir={run}", "--config.method=iibalance", "--config.compare_with=('agm',)",
-       "--config.optim.epochs=1", "--config.iib.epochs=1"],
-      cwd=ROOT, env=env, capture_output=True, text=True)
-  assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-5000:]
-  result = subprocess.run(
-      [sys.executable, "-m", "experiments.evaluate", f"--workdir={run}",
-       f"--workdir={run / 'compare' / 'agm'}", f"--out={out}", "--noise_levels=0,1,4",
-       "--occlusion_levels=0,0.5,1", "--probe_steps=100"],
-      cwd=ROOT, env=env, capture_output=True, text=True)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+  commands.run("experiments.synthetic", commands.SMOKE, f"--config.data.dir={data_dir}",
+               f"--workdir={run}", "--config.method=iibalance", "--config.compare_with=('agm',)",
+               "--config.optim.epochs=1", "--config.iib.epochs=1")
+  result = commands.run("experiments.evaluate", f"--workdir={run}",
+                        f"--workdir={run / 'compare' / 'agm'}", f"--out={out}",
+                        "--noise_levels=0,1,4", "--occlusion_levels=0,0.5,1", "--probe_steps=100")
   return run, out, result.stdout
 
 

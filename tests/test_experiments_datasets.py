@@ -6,15 +6,13 @@ and IIBalance, one epoch each.
 """
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 
 from data_prep import ave, crema_d
 from data_prep.synthetic import write_video, write_wav
+from tests import commands
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SR = 16000
 
 
@@ -28,13 +26,10 @@ def _tone(freq, seconds, sr=SR):
 
 
 def _run(dataset, data_dir, workdir):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""}
-  cmd = [sys.executable, "-m", f"experiments.{dataset}",
-         f"--config=experiments/configs/{dataset}.py:smoke", f"--config.data.dir={data_dir}",
-         f"--workdir={workdir}", "--config.optim.epochs=1", "--config.iib.epochs=1",
-         "--config.compare_with=()"]
-  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert out.returncode == 0, out.stderr[-3000:]
+  out = commands.run(f"experiments.{dataset}", f"--config=experiments/configs/{dataset}.py:smoke",
+                     f"--config.data.dir={data_dir}", f"--workdir={workdir}",
+                     "--config.optim.epochs=1", "--config.iib.epochs=1",
+                     "--config.compare_with=()")
   results = json.load(open(os.path.join(workdir, "results_all.json")))
   assert [r["method"] for r in results["runs"]] == ["iibalance"]
   assert "| iibalance |" in out.stdout and "each modality alone" in out.stdout

@@ -3,8 +3,6 @@ passes, G-Blending's holdout and estimates, AGM's Shapley evaluation, and the st
 BML-MI. One runner process trains them all (the unimodal phase and the compiles are shared)."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,49 +10,29 @@ import pytest
 from experiments import build
 from iib_jax import checkpoint
 from iib_jax.methods import gblending
+from tests import commands
 from experiments.configs import common, synthetic as synthetic_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPARED = ("pmr", "gblending", "udi", "bmlmi")
-
-
-def command_env(cache):
-  return {**os.environ, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "",
-          "JAX_NUM_CPU_DEVICES": "4", "TF_CPP_MIN_LOG_LEVEL": "3",
-          # Threefry's unrolled hash makes every parameter initialisation compile about three
-          # times slower on CPU; the phases do not depend on the generator.
-          "JAX_DEFAULT_PRNG_IMPL": "rbg",
-          # These runs are compile-bound: unoptimised machine code halves every compile.
-          "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0",
-          # Compiled steps shared with the other runner processes of this test session.
-          "JAX_COMPILATION_CACHE_DIR": str(cache)}
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  from data_prep import synthetic
-  return synthetic.ensure_synthetic(str(tmp_path_factory.getbasetemp() / "synthetic_tiny"),
-                                    num_classes=3, clips_per_class=8, duration=1.0, fps=4,
-                                    size=32, workers=1)
+  return commands.tiny_dataset(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def workdir(data_dir, tmp_path_factory):
   work = tmp_path_factory.mktemp("phases") / "run"
-  command = [
-      sys.executable, "-m", "experiments.synthetic",
-      "--config=experiments/configs/synthetic.py:smoke", f"--config.data.dir={data_dir}",
+  out = commands.run(
+      "experiments.synthetic", commands.SMOKE, f"--config.data.dir={data_dir}",
       f"--workdir={work}", "--config.method=mslr", f"--config.compare_with={COMPARED}",
       "--config.optim.epochs=2", "--config.iib.epochs=1",
       "--config.methods.gblending.super_epoch=1",
       "--config.methods.udi.fusion_epochs=1", "--config.methods.bmlmi.distill_epochs=1",
       # Without probe steps Î(z_s; y) = H(y) − log C = 0 on the balanced validation split, while
       # the trained InfoNCE bound is positive: the student distils, so stage 1 runs.
-      "--config.methods.bmlmi.probe_steps=0"]
-  out = subprocess.run(command, cwd=ROOT, env=command_env(tmp_path_factory.getbasetemp() /
-                                                          "jax_cache"),
-                       capture_output=True, text=True)
-  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+      "--config.methods.bmlmi.probe_steps=0")
   return work, out.stdout
 
 

@@ -3,32 +3,23 @@ tables, JSON and figure, one run directory per variant and seed, and a second in
 trains nothing."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from experiments import sweep
-from tests.test_table1 import ROOT, command_env
+from tests import commands
 
-SMOKE = ["--config=experiments/configs/synthetic.py:smoke", "--config.optim.epochs=1",
-         "--config.iib.epochs=1"]
+SMOKE = [commands.SMOKE, "--config.optim.epochs=1", "--config.iib.epochs=1"]
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  from data_prep import synthetic
-  return synthetic.ensure_synthetic(str(tmp_path_factory.getbasetemp() / "synthetic_tiny"),
-                                    num_classes=3, clips_per_class=8, duration=1.0, fps=4,
-                                    size=32, workers=1)
+  return commands.tiny_dataset(tmp_path_factory)
 
 
 def run(module, data_dir, root, *flags):
-  command = [sys.executable, "-m", module, *SMOKE, f"--config.data.dir={data_dir}",
-             f"--root={root}", "--seeds=1", *flags]
-  done = subprocess.run(command, cwd=ROOT, env=command_env(), capture_output=True, text=True)
-  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-  return done.stdout
+  return commands.run(module, *SMOKE, f"--config.data.dir={data_dir}", f"--root={root}",
+                      "--seeds=1", *flags).stdout
 
 
 def table_rows(markdown: str) -> dict[str, list[float]]:
@@ -71,6 +62,13 @@ def test_ablation_writes_table2_with_every_variant(data_dir, tmp_path):
   # Finished runs are not run again.
   again = run("experiments.ablation", data_dir, root)
   assert "== " not in again and table_rows(again) == rows
+  # ... and not reused for another configuration: the sweep stops before writing anything.
+  before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+  refused = commands.run("experiments.ablation", *SMOKE, f"--config.data.dir={data_dir}",
+                         f"--root={root}", "--seeds=1", "--config.optim.learning_rate=0.5",
+                         check=False)
+  assert refused.returncode == 1 and "optim.learning_rate" in refused.stderr
+  assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == before
 
 
 def test_sensitivity_sweeps_tau_and_gamma_and_plots(data_dir, tmp_path):

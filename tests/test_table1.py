@@ -3,46 +3,31 @@ directories, and a second invocation that trains nothing."""
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from experiments import table1
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def command_env():
-  return {**os.environ, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "",
-          "TF_CPP_MIN_LOG_LEVEL": "3",
-          # Threefry's unrolled hash makes every parameter initialisation compile about three
-          # times slower on CPU; the table does not depend on the generator.
-          "JAX_DEFAULT_PRNG_IMPL": "rbg",
-          # These runs are compile-bound: unoptimised machine code halves every compile.
-          "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"}
+from tests import commands
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  from data_prep import synthetic
-  return synthetic.ensure_synthetic(str(tmp_path_factory.getbasetemp() / "synthetic_tiny"),
-                                    num_classes=3, clips_per_class=8, duration=1.0, fps=4,
-                                    size=32, workers=1)
+  return commands.tiny_dataset(tmp_path_factory)
+
+
+def table_command(root, data_dir):
+  return ["experiments.table1", "--config=experiments/configs/table1.py:smoke",
+          "--config.methods=iibalance,ogm_ge", "--config.seeds=1", f"--config.root={root}",
+          f"--config.data_dirs.synthetic={data_dir}", "--config.epochs=1",
+          "--config.iib_epochs=1",
+          # The session's cache, shared with the other runner processes (tests/conftest.py).
+          f"--config.compilation_cache={os.environ['JAX_COMPILATION_CACHE_DIR']}"]
 
 
 @pytest.fixture(scope="module")
 def table(data_dir, tmp_path_factory):
   root = tmp_path_factory.mktemp("table1")
-  command = [sys.executable, "-m", "experiments.table1",
-             "--config=experiments/configs/table1.py:smoke", "--config.methods=iibalance,ogm_ge",
-             "--config.seeds=1", f"--config.root={root}",
-             f"--config.data_dirs.synthetic={data_dir}", "--config.epochs=1",
-             "--config.iib_epochs=1",
-             # Shared with the other runner processes of this test session.
-             f"--config.compilation_cache={tmp_path_factory.getbasetemp() / 'jax_cache'}"]
-  first = subprocess.run(command, cwd=ROOT, env=command_env(), capture_output=True, text=True)
-  assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
+  first = commands.run(*table_command(root, data_dir))
   return root, first.stdout, data_dir
 
 

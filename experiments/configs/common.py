@@ -28,6 +28,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.compare_with = ()
   config.seed = 0
   config.workdir = ""
+  # Start over in a workdir that holds a run made from another configuration or dataset (its
+  # checkpoints, logs and results are deleted); without it such a rerun stops, naming the keys.
+  config.overwrite = False
 
   config.modalities = ("audio", "video")
 

@@ -34,4 +34,5 @@ def get_config(arg=None):
   # XLA's persistent compilation cache, so seeds after the first reuse every compiled step:
   # "" puts it in <root>/jax_cache, "off" disables it, anything else is its directory.
   config.compilation_cache = ""
+  config.overwrite = False               # start over in run directories made from something else
   return config

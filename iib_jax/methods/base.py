@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from iib_jax import budget, losses
+from iib_jax import budget, fusion, losses
 
 PyTree = Any
 
@@ -390,6 +390,10 @@ class Definition:
 # Shared pieces of the step
 
 
+# The per-example terms of log α_m = log β_m − u_m + log σ(G_m) (Eq. 9), from the gated fusion.
+LOG_ALPHA_TERMS = fusion.LOG_ALPHA_TERMS
+
+
 def batch_mask(batch: Mapping[str, jax.Array]) -> jax.Array:
   """[B] float32: the batch's mask, or ones when it has none (training batches)."""
   if "mask" in batch:
@@ -428,7 +432,9 @@ def eval_outputs(batch: Mapping[str, jax.Array], fused_logits: jax.Array,
   Returns:
     `label` [B], `mask` [B], `fused_pred` [B], `fused_logits` [B, C], `unimodal_pred` [M, B],
     `unimodal_entropy` [M, B] (normalised entropy of each unimodal prediction: the u of Eq. 7 and
-    the input of Eq. 1), and `weights` [B, M] when the model fuses with weights.
+    the input of Eq. 1), and, when the model fuses with weights, `weights` [B, M] and the three
+    terms of log α (Eq. 9) they are the softmax of: `log_alpha_prior` (log β),
+    `log_alpha_uncertainty` (−u) and `log_alpha_gate` (log σ(G)), each [B, M].
   """
   result = {
       "label": batch["label"],
@@ -438,8 +444,10 @@ def eval_outputs(batch: Mapping[str, jax.Array], fused_logits: jax.Array,
       "unimodal_pred": jnp.argmax(unimodal_logits, -1),
       "unimodal_entropy": budget.normalized_entropy_from_logits(unimodal_logits),
   }
-  if outputs is not None and "weights" in outputs:
-    result["weights"] = outputs["weights"]
+  if outputs is not None:
+    for key in ("weights",) + LOG_ALPHA_TERMS:
+      if key in outputs:
+        result[key] = outputs[key]
   return result
 
 
