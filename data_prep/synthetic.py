@@ -440,7 +440,8 @@ def _lock(path: str):
 
 def ensure_synthetic(cache_dir: str, *, num_classes: int = 10, clips_per_class: int = 60,
                      duration: float = 3.0, fps: float = 8.0, size: int = 64, seed: int = 0,
-                     dial: Optional[float] = DEFAULT_DIAL, image_size: Optional[int] = None,
+                     dial: Optional[float] = DEFAULT_DIAL, test_fraction: float = 0.2,
+                     image_size: Optional[int] = None,
                      preset: str = "iibalance", clips_per_shard: int = 64,
                      workers: Optional[int] = None, progress: bool = False) -> str:
   """Generates and prepares the synthetic dataset under `cache_dir` unless already there.
@@ -452,7 +453,8 @@ def ensure_synthetic(cache_dir: str, *, num_classes: int = 10, clips_per_class: 
     cache_dir: holds raw/ (the media) and prepared/synthetic/ (the TFRecords) of the legacy
       dataset (dial None), and the same under dial_<dial>/ for a dial, so that datasets of
       different dials share a cache without regenerating one another.
-    num_classes, clips_per_class, duration, fps, size, seed, dial: see `generate`.
+    num_classes, clips_per_class, duration, fps, size, seed, dial, test_fraction: see
+      `generate`.
     image_size: stored frame size (default: `size`).
     preset: the audio front-end.
     clips_per_shard: shard size of the prepared dataset.
@@ -474,7 +476,8 @@ def ensure_synthetic(cache_dir: str, *, num_classes: int = 10, clips_per_class: 
   if workers is None:
     workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
   gen_args = generator_args(num_classes=num_classes, clips_per_class=clips_per_class,
-                            duration=duration, fps=fps, size=size, dial=dial, seed=seed)
+                            duration=duration, fps=fps, size=size, dial=dial, seed=seed,
+                            test_fraction=test_fraction)
   if dial is not None:
     cache_dir = os.path.join(cache_dir, f"dial_{dial:g}")
   os.makedirs(cache_dir, exist_ok=True)

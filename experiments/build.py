@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from iib_jax import build as lib_build, checkpoint, loop, methods, sharding, train
+from iib_jax import arrays, build as lib_build, checkpoint, loop, methods, sharding, train
 from iib_jax import state as state_lib
 from iib_jax.models.encoders import ENCODER_INPUT
 from iib_jax.state import TrainState
@@ -101,6 +101,9 @@ def subset_batches(batches: Iterable[Mapping[str, np.ndarray]], keep: Callable[[
 
 def clip_labels(data_dir: str, split: str) -> list[tuple[bytes, int]]:
   """(clip id, label) of every example of a prepared split, in record order (no decoding)."""
+  if arrays.is_array_dataset(data_dir):
+    stored = arrays.load_split(data_dir, split)
+    return [(bytes(c), int(y)) for c, y in zip(stored["clip_id"], stored["label"])]
   import tensorflow as tf
   from iib_jax import preprocess, schema
   files = schema.load_info(data_dir)["files"][split]
@@ -108,24 +111,49 @@ def clip_labels(data_dir: str, split: str) -> list[tuple[bytes, int]]:
   return [(bytes(ex["clip_id"]), int(ex["label"])) for ex in records.as_numpy_iterator()]
 
 
+def verify_dataset(data_dir: str) -> None:
+  """Checks a prepared dataset's files against its metadata before anything is trained:
+  every TFRecord shard's size and SHA-256 (`iib_jax.data.verify_dataset`), or an array
+  dataset's splits (`iib_jax.arrays.verify`). Raises `iib_jax.schema.DatasetError`."""
+  if arrays.is_array_dataset(data_dir):
+    arrays.verify(data_dir)
+  else:
+    from iib_jax import data as data_lib          # TensorFlow, for TFRecord datasets only
+    data_lib.verify_dataset(data_dir)
+
+
 class Data:
-  """A prepared dataset as the runner needs it: batches per split, sharded onto the mesh."""
+  """A prepared dataset as the runner needs it: batches per split, sharded onto the mesh.
+
+  Either format: TFRecords through the tf.data pipeline of `iib_jax.data` (the preprocessing of
+  `config.data`), or an array dataset (`iib_jax.arrays`: vectors served from memory, no
+  TensorFlow).
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, data_dir: str, devices: Devices):
-    from iib_jax import data as data_lib          # TensorFlow is imported here, not earlier
-    self._make = data_lib.make_dataset
     self.dir = data_dir
     self.config = config
     self.devices = devices
-    self.info = data_lib.load_info(data_dir)
-    self.num_classes = int(self.info["num_classes"])
     self.batch_size = int(config.optim.batch_size)
     # Evaluation pads its last batch anyway, so round the batch up to fill every device.
     self.eval_batch_size = -(-int(config.eval.batch_size) // devices.count) * devices.count
-    c = config.data
-    self.pipeline = dict(modalities={m: m for m in config.modalities}, num_frames=c.num_frames,
-                         image_size=c.image_size, audio_frames=c.audio_frames,
-                         audio_norm=c.audio_norm, frames_dtype=c.get("frames_dtype", "float32"))
+    keys = {m: m for m in config.modalities}
+    self._arrays = None
+    if arrays.is_array_dataset(data_dir):
+      self._arrays = {
+          train: arrays.ArrayData(data_dir, batch_size=size, eval_batch_size=size,
+                                  modalities=keys)
+          for train, size in ((True, self.batch_size), (False, self.eval_batch_size))}
+      self.info = self._arrays[True].info
+    else:
+      from iib_jax import data as data_lib        # TensorFlow is imported here, not earlier
+      self._make = data_lib.make_dataset
+      self.info = data_lib.load_info(data_dir)
+      c = config.data
+      self.pipeline = dict(modalities=keys, num_frames=c.num_frames, image_size=c.image_size,
+                           audio_frames=c.audio_frames, audio_norm=c.audio_norm,
+                           frames_dtype=c.get("frames_dtype", "float32"))
+    self.num_classes = int(self.info["num_classes"])
 
   def num_examples(self, split: str) -> int:
     return int(self.info["splits"][split])
@@ -135,7 +163,12 @@ class Data:
 
   def host_batches(self, split: str, *, train: bool, seed: int = 0, epoch: int = 0,
                    batch_size: int | None = None):
-    """Numpy batches of one epoch of `split` (the pipeline of `iib_jax.data`)."""
+    """Numpy batches of one epoch of `split` (`batch_size`: a small evaluation-style batch)."""
+    if self._arrays is not None:
+      source = self._arrays[train]
+      if batch_size is not None:
+        return [source.example(batch_size)]
+      return source.train(epoch, seed) if train else source.eval(split)
     size = batch_size or (self.batch_size if train else self.eval_batch_size)
     extra = dict(seed=seed, epoch=epoch) if train else {}
     return self._make(self.dir, split, batch_size=size, train=train, **extra, **self.pipeline)
@@ -337,8 +370,8 @@ def restore_run(workdir: str, devices: Devices, data_dir: str | None = None,
   eval_step = train.make_eval_step(model, method, state_sharding=devices.replicated,
                                    batch_sharding=devices.batch)
   return TrainedRun(workdir=workdir, name=name, config=config, results=results, data=data,
-                    modalities=tuple(config.modalities), kinds=modality_kinds(config), method=method, model=model,
-                    state=state, eval_step=eval_step,
+                    modalities=tuple(config.modalities), kinds=modality_kinds(config),
+                    method=method, model=model, state=state, eval_step=eval_step,
                     outputs_step=methods.base.make_outputs_step(model, method))
 
 

@@ -72,7 +72,8 @@ def stops_on_bad_input():
   except WorkdirMismatch as e:
     sys.exit(f"error: {e}")
   except ValueError as e:
-    if str(e).startswith("invalid config") or type(e).__name__ == "DatasetError":
+    from iib_jax.schema import DatasetError
+    if str(e).startswith("invalid config") or isinstance(e, DatasetError):
       sys.exit(f"error: {e}")
     raise
 

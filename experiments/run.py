@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import resource
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -22,9 +23,10 @@ import ml_collections
 import numpy as np
 
 from experiments import build, plots, workdir as workdir_lib
+from experiments.evaluate import contribution
 from experiments.configs import common
 from iib_jax import build as lib_build
-from iib_jax import budget, checkpoint, estimate, loop, methods, schema, state as state_lib
+from iib_jax import budget, checkpoint, estimate, loop, methods, state as state_lib
 from iib_jax import train, writers
 
 log = build.log
@@ -61,7 +63,7 @@ def unimodal_phase(config, data: build.Data, workdir: str,
                                config.iib.epochs)
   method = methods.get_method("unimodal", None, spec)
   model = lib_build.model(config, data.num_classes, method)
-  tx = lib_build.optimizer(config)
+  tx = lib_build.optimizer(config, unimodal=True)
   dev = data.devices
   state = state_lib.create_train_state(model, tx, method, jax.random.key(config.seed + 1),
                                        data.example(), sharding=dev.replicated)
@@ -72,7 +74,13 @@ def unimodal_phase(config, data: build.Data, workdir: str,
   eval_step = train.make_eval_step(model, method, state_sharding=dev.replicated,
                                    batch_sharding=dev.batch)
 
+  clock = [time.perf_counter()]
+  epoch_seconds = []
+
   def on_epoch_end(epoch, state, train_metrics, val):
+    now = time.perf_counter()
+    epoch_seconds.append(now - clock[0])
+    clock[0] = now
     step = (epoch + 1) * spec.steps_per_epoch
     writer.write(phase="unimodal", split="train", epoch=epoch, step=step, metrics=train_metrics)
     writer.write(phase="unimodal", split="val", epoch=epoch, step=step, metrics=val)
@@ -100,16 +108,36 @@ def unimodal_phase(config, data: build.Data, workdir: str,
   return record
 
 
-def warm_start(config, name: str) -> bool:
-  """Whether method `name` starts its encoders from the unimodal phase: `iib.warm_start` for
-  every method, or the method's own `warm_start` option (docs/FIDELITY.md)."""
-  options = lib_build.method_options(config, name)
-  return bool(config.iib.warm_start or getattr(options, "warm_start", False))
+def warm_start(config) -> bool:
+  """Whether the run's methods start their encoders from the unimodal phase (`config.start`)."""
+  return config.get("start", "fresh") == "warm"
 
 
 def needs_unimodal_phase(config, name: str) -> bool:
-  """Whether training method `name` needs the unimodal phase first (its budgets, its models)."""
-  return methods.definition(name).needs_budgets or warm_start(config, name)
+  """Whether training method `name` needs the unimodal phase first (its budgets, its models, or
+  the warm start)."""
+  return methods.definition(name).needs_budgets or warm_start(config)
+
+
+def protocol(config) -> dict[str, Any]:
+  """The run-wide choices every method of a comparison shares, as results and tables state them."""
+  o = lib_build.optimizer_settings(config)
+  return {"start": config.get("start", "fresh"), "optimizer": config.get("optimizer", "shared"),
+          "optim": {"name": o.name, "learning_rate": float(o.learning_rate),
+                    "weight_decay": float(o.weight_decay), "momentum": float(o.momentum),
+                    "batch_size": int(config.optim.batch_size),
+                    "epochs": int(config.optim.epochs)}}
+
+
+def describe_protocol(p: Mapping[str, Any]) -> str:
+  """One line: the start and the optimiser of a run."""
+  o = p["optim"]
+  extra = f", momentum {o['momentum']:g}" if o["name"] == "sgd" else ""
+  decay = f", weight decay {o['weight_decay']:g}" if o["weight_decay"] else ""
+  start = ("encoders from the unimodal phase (warm)" if p["start"] == "warm"
+           else "encoders from a random initialisation (fresh)")
+  return (f"every method: {start}; {o['name']} lr {o['learning_rate']:g}{extra}{decay} "
+          f"({p['optimizer']} optimiser), batch {o['batch_size']}, {o['epochs']} epochs")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -173,7 +201,7 @@ def train_method(config, name: str, data: build.Data, workdir: str,
     log(f"[{name}] resuming from the checkpoint of epoch {start_epoch} in {workdir}")
   else:
     state = init(rng, example)
-    if warm_start(config, name) and stage is None:   # a stage loads its own branches
+    if warm_start(config) and stage is None:   # a stage loads its own branches
       state = checkpoint.restore_branches(state, unimodal_dir, modalities)
   log(f"[{name}] parameters: {_param_report(state.params)}")
   train_step = train.make_train_step(model, tx, method, state_sharding=dev.replicated,
@@ -194,7 +222,13 @@ def train_method(config, name: str, data: build.Data, workdir: str,
     writer.write(phase="multimodal", split="train_steps",
                  epoch=(step - 1) // spec.steps_per_epoch, step=step, metrics=metrics)
 
+  clock = [time.perf_counter()]
+  epoch_seconds = []
+
   def on_epoch_end(epoch, state, train_metrics, val):
+    now = time.perf_counter()
+    epoch_seconds.append(now - clock[0])
+    clock[0] = now
     step = (epoch + 1) * spec.steps_per_epoch
     # The epoch's records first, then its checkpoints (writers.MetricWriter.truncate_after).
     writer.write(phase="multimodal", split="train", epoch=epoch, step=step, metrics=train_metrics)
@@ -226,6 +260,12 @@ def train_method(config, name: str, data: build.Data, workdir: str,
       "test_last": loop.summarize(test_last, modalities),
       "beta": [float(b) for b in np.asarray(best_state.method.beta)]
               if hasattr(best_state.method, "beta") else None,
+      "protocol": protocol(config),
+      # The field's three perspectives beside accuracy: each modality's share of the fused
+      # prediction (imbalance degree) and the cost of an epoch (complexity).
+      "contribution": contribution.contribution(eval_step, best_state, lambda: data.eval("test"),
+                                                modalities, build.modality_kinds(config)),
+      "cost": cost_of(epoch_seconds),
   }
   writer.write(phase="multimodal", split="test", epoch=best_record["epoch"],
                step=int(best_state.step), metrics=results["test_best"])
@@ -236,6 +276,18 @@ def train_method(config, name: str, data: build.Data, workdir: str,
   plots.save_all(workdir, modalities, results)
   estimate.write_json(done, results)          # last: its presence marks the run finished
   return results
+
+
+def cost_of(epoch_seconds: Sequence[float]) -> dict[str, Any]:
+  """Train time per epoch (the median of the epochs this process ran, the first, which
+  compiles, left out when there are others) and the peak memory where it is measurable: the
+  accelerator's peak bytes in use, and this process's peak resident memory (every phase so far)."""
+  timed = list(epoch_seconds[1:] if len(epoch_seconds) > 1 else epoch_seconds)
+  stats_ = jax.local_devices()[0].memory_stats() or {}
+  return {"epoch_seconds": float(np.median(timed)) if timed else None,
+          "epochs_timed": len(timed),
+          "device_peak_bytes": stats_.get("peak_bytes_in_use"),
+          "host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
 class Stages:
@@ -317,11 +369,15 @@ def table_row(results: Mapping[str, Any], modalities: Sequence[str]) -> list[str
 
 
 def results_markdown(rows: Sequence[Mapping[str, Any]], modalities: Sequence[str],
-                     dataset: str, budgets: Mapping[str, Any] | None) -> str:
-  """A Table I row per method (test accuracy of the epoch chosen on validation), β and weights."""
+                     dataset: str, budgets: Mapping[str, Any] | None,
+                     run_protocol: Mapping[str, Any] | None = None) -> str:
+  """A Table I row per method (test accuracy of the epoch chosen on validation), β and weights,
+  under the protocol every row shares."""
   head = ["Method", "Acc_m"] + [f"Acc_{m}" for m in modalities] + ["Avg"]
-  lines = [f"## {dataset}: test accuracy (%) of the epoch chosen on validation", "",
-           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  lines = [f"## {dataset}: test accuracy (%) of the epoch chosen on validation", ""]
+  if run_protocol:
+    lines += [f"Protocol: {describe_protocol(run_protocol)}.", ""]
+  lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   lines += ["| " + " | ".join(table_row(r, modalities)) + " |" for r in rows]
   if budgets and "test_acc" in budgets["unimodal"][modalities[0]]:
     lines.append("| each modality alone (IIB phase) | – | " + " | ".join(
@@ -346,13 +402,14 @@ def synthetic_config(config: ml_collections.ConfigDict) -> ml_collections.Config
   """The CPU-scaled synthetic demonstration, used when a dataset command gets no data.dir.
 
   A synthetic config is used as it is; another dataset's config is replaced by the synthetic one,
-  keeping the run-level choices of the command line (seed, workdir, method, compare_with).
+  keeping the run-level choices of the command line (seed, workdir, method, compare_with, the
+  start and the optimiser).
   """
-  if config.data.name == "synthetic":
+  if config.data.name in ("synthetic", "synthetic_features"):
     return config
   from experiments.configs import synthetic
   demo = synthetic.get_config()
-  for key in ("seed", "workdir", "method", "progress"):
+  for key in ("seed", "workdir", "method", "progress", "start", "optimizer", "overwrite"):
     demo[key] = config[key]
   if config.compare_with:
     demo.compare_with = config.compare_with
@@ -361,7 +418,7 @@ def synthetic_config(config: ml_collections.ConfigDict) -> ml_collections.Config
 
 def plan(config, names: Sequence[str], workdir: str) -> dict[str, dict[str, Any]]:
   """{directory: fingerprint} of every directory a run of `names` in `workdir` trains in."""
-  info = schema.load_info(config.data.dir)
+  info = lib_build.dataset_info(config.data.dir)
   dirs = {}
   if any(needs_unimodal_phase(config, n) for n in names):
     dirs[os.path.join(workdir, "iib")] = workdir_lib.fingerprint(config, info,
@@ -376,13 +433,12 @@ def prepare_directories(config, dirs: Mapping[str, Mapping[str, Any]]) -> None:
   """Checks every directory of a run before anything is written (a mismatch raises
   `workdir.WorkdirMismatch`; `config.overwrite` clears them instead), then verifies the dataset's
   shards (`iib_jax.data.DatasetError`), then records the fingerprints."""
-  from iib_jax import data as data_lib
   for directory, fp in dirs.items():
     if config.overwrite:
       workdir_lib.clear(directory)
     else:
       workdir_lib.check(directory, fp)
-  data_lib.verify_dataset(config.data.dir)
+  build.verify_dataset(config.data.dir)
   for directory, fp in dirs.items():
     workdir_lib.record(directory, fp)
 
@@ -423,7 +479,8 @@ def main(config: ml_collections.ConfigDict) -> dict[str, Any]:
   for name in names:
     sub = workdir if name == config.method else os.path.join(workdir, "compare", name)
     rows.append(train_method(config, name, data, sub, budgets, os.path.join(workdir, "iib")))
-  markdown = results_markdown(rows, config.modalities, config.data.name, budgets)
+  markdown = results_markdown(rows, config.modalities, config.data.name, budgets,
+                              protocol(config))
   markdown += f"\nWall time: {time.time() - t0:.0f} s on {devices.count} × " \
               f"{jax.devices()[0].device_kind}.\n"
   with open(os.path.join(workdir, "results.md"), "w") as f:
@@ -441,5 +498,17 @@ def synthetic_demo(config):
       os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "iib_jax")
   demo = synthetic_config(config)
   log(f"Synthetic data: {cache} (generated and prepared once, then reused).")
-  demo.data.dir = synthetic.ensure_synthetic(cache)
+  if demo.data.name == "synthetic_features":
+    from data_prep import synthetic_features
+    f = demo.data.features
+    demo.data.dir = synthetic_features.ensure_features(
+        os.path.join(cache, "features"), modalities=tuple(demo.modalities), **f.to_dict())
+    return demo
+  s = demo.data.get("synthetic")
+  if s is None or s.legacy:
+    demo.data.dir = synthetic.ensure_synthetic(cache, dial=None)
+  else:
+    demo.data.dir = synthetic.ensure_synthetic(cache, dial=s.dial,
+                                               clips_per_class=s.clips_per_class,
+                                               test_fraction=s.test_fraction)
   return demo

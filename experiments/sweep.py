@@ -17,7 +17,7 @@ import numpy as np
 
 from experiments import build, run as runner, workdir
 from experiments.configs import common
-from iib_jax import methods, schema, writers
+from iib_jax import build as lib_build, methods, stats, writers
 
 override = common.override
 
@@ -52,7 +52,7 @@ def run_variants(config: ml_collections.ConfigDict, variants: Mapping[str, Mappi
   if len(set(dirs.values())) < len(dirs):
     raise ValueError(f"variant names {sorted(variants)} share directories {dirs}")
   devices = build.Devices()
-  info = schema.load_info(config.data.dir)
+  info = lib_build.dataset_info(config.data.dir)
   planned = {}
   for seed in seeds:
     seed_dir = os.path.join(root, f"seed{seed}")
@@ -113,7 +113,8 @@ def run_variants(config: ml_collections.ConfigDict, variants: Mapping[str, Mappi
 
 def aggregate(runs: Sequence[Mapping[str, Any]], modalities: Sequence[str],
               which: str = "test_best") -> dict[str, tuple[float, float]]:
-  """{metric: (mean, std)} in percent over seeds, for Acc_m, each Acc_<m> and Avg."""
+  """{metric: (mean, std)} in percent over seeds, for Acc_m, each Acc_<m> and Avg, of the
+  `which` summary ("test_best": reporting; "val_best": selection)."""
   keys = ["acc_fused"] + [f"acc_{m}" for m in modalities] + ["acc_avg"]
   out = {}
   for key in keys:
@@ -122,13 +123,48 @@ def aggregate(runs: Sequence[Mapping[str, Any]], modalities: Sequence[str],
   return out
 
 
+def by_seed(runs: Sequence[Mapping[str, Any]], key: str = "acc_fused",
+            which: str = "test_best") -> dict[int, float]:
+  """{seed: value} of one metric, for pairing by seed."""
+  return {int(r["seed"]): float(r[which][key]) for r in runs}
+
+
+def paired(runs: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]],
+           key: str = "acc_fused", which: str = "test_best") -> stats.PairedDifference:
+  """The per-seed difference of `runs` to `reference` (paired by seed; `iib_jax.stats`)."""
+  mine, theirs = by_seed(runs, key, which), by_seed(reference, key, which)
+  common = sorted(set(mine) & set(theirs))
+  return stats.paired_difference({s: mine[s] for s in common}, {s: theirs[s] for s in common})
+
+
+def select(results: Mapping[str, Sequence[Mapping[str, Any]]], key: str = "acc_fused") -> str:
+  """The variant with the best mean *validation* score at its selected epoch: the only score a
+  default or a sweep's winner is chosen on (test is read for the report only)."""
+  means = {name: float(np.mean([r["val_best"][key] for r in runs]))
+           for name, runs in results.items() if runs}
+  return max(means, key=means.get)
+
+
 def markdown_table(results: Mapping[str, Sequence[Mapping[str, Any]]],
-                   modalities: Sequence[str], label: str = "Variant") -> str:
-  """Mean ± std over seeds per variant, in the layout of the paper's Table I."""
-  head = [label, "Acc_m"] + [f"Acc_{m}" for m in modalities] + ["Avg", "seeds"]
+                   modalities: Sequence[str], label: str = "Variant",
+                   reference: str | None = None) -> str:
+  """Mean ± std over seeds per variant (test accuracy of the epoch chosen on validation, in the
+  layout of the paper's Table I), the validation Acc_m the choice of a default reads, and, with
+  `reference`, each variant's paired difference in Acc_m to it: mean [95% interval] (seeds won
+  / seeds)."""
+  head = [label, "Acc_m"] + [f"Acc_{m}" for m in modalities] + ["Avg", "val Acc_m"]
+  if reference is not None:
+    head.append(f"Δ Acc_m vs {reference}")
+  head.append("seeds")
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, runs in results.items():
     agg = aggregate(runs, modalities)
-    cells = [name] + [f"{m:.2f} ± {s:.2f}" for m, s in agg.values()] + [str(len(runs))]
+    val = aggregate(runs, modalities, "val_best")["acc_fused"]
+    cells = [name] + [f"{m:.2f} ± {s:.2f}" for m, s in agg.values()]
+    cells.append(f"{val[0]:.2f} ± {val[1]:.2f}")
+    if reference is not None:
+      cells.append("–" if name == reference
+                   else stats.format_paired(paired(runs, results[reference]), scale=100))
+    cells.append(str(len(runs)))
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"

@@ -27,7 +27,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from iib_jax import build as lib_build, methods
+from experiments import sweep
+from iib_jax import build as lib_build, methods, stats
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -37,7 +38,7 @@ def all_methods() -> tuple[str, ...]:
   return methods.listed()
 
 
-def _names(value, accepted: Sequence[str], key: str, all_value: Sequence[str] | None = None):
+def parse_names(value, accepted: Sequence[str], key: str, all_value: Sequence[str] | None = None):
   """A comma-separated string or a sequence of names, checked against `accepted`."""
   given = value
   if isinstance(value, str):
@@ -118,23 +119,81 @@ def _keys(modalities):
   return ["acc_fused"] + [f"acc_{m}" for m in modalities] + ["acc_avg"]
 
 
+def _mean(values) -> float | None:
+  values = [v for v in values if v is not None and np.isfinite(v)]
+  return float(np.mean(values)) if values else None
+
+
+def perspectives(runs: Sequence[Mapping[str, Any]], modalities: Sequence[str]) -> dict[str, Any]:
+  """The other two perspectives of the field's benchmark, means over seeds: each modality's
+  share of the fused prediction and the imbalance degree (`experiments.evaluate.contribution`),
+  and the cost (train seconds per epoch, peak memory where measured)."""
+  contrib = [r.get("contribution") or {} for r in runs]
+  cost = [r.get("cost") or {} for r in runs]
+  return {"share": {m: _mean(c.get("share", {}).get(m) for c in contrib) for m in modalities},
+          "imbalance": _mean(c.get("imbalance") for c in contrib),
+          "epoch_seconds": _mean(c.get("epoch_seconds") for c in cost),
+          "device_peak_mb": _mean((c.get("device_peak_bytes") or np.nan) / 2 ** 20 for c in cost)}
+
+
+def _perspective_cells(p: Mapping[str, Any] | None, modalities: Sequence[str]) -> list[str]:
+  if p is None:
+    return ["–", "–", "–"]
+  shares = [p["share"].get(m) for m in modalities]
+  share = ("–" if None in shares else " / ".join(f"{100 * v:.0f}" for v in shares))
+  imbalance = "–" if p["imbalance"] is None else f"{p['imbalance']:.2f}"
+  seconds = "–" if p["epoch_seconds"] is None else f"{p['epoch_seconds']:.2f}"
+  if p.get("device_peak_mb") is not None:
+    seconds += f" ({p['device_peak_mb']:.0f} MB)"
+  return [share, imbalance, seconds]
+
+
 def dataset_table(dataset: str, aggregates: Mapping[str, Mapping[str, tuple[float, float]]],
                   modalities: Sequence[str], seeds: Mapping[str, int],
-                  readouts: Mapping[str, str], alone: Sequence[tuple[float, float]] | None) -> str:
-  """One dataset's block of Table I in markdown."""
+                  readouts: Mapping[str, str], alone: Sequence[tuple[float, float]] | None, *,
+                  paired: Mapping[str, str] | None = None,
+                  views: Mapping[str, Mapping[str, Any]] | None = None,
+                  labels: Mapping[str, str] | None = None, title: str | None = None,
+                  reference: str = "") -> str:
+  """One block of Table I in markdown.
+
+  Args:
+    dataset, aggregates, modalities, seeds, readouts: the rows' (mean, std) cells, seed counts
+      and unimodal conventions, by row name.
+    alone: (mean, std) of each modality trained alone, or None.
+    paired: row -> its paired difference to the reference in Acc_m (`stats.format_paired`).
+    views: row -> `perspectives` (shares, imbalance degree, cost).
+    labels: row -> its label (default: the method's).
+    title: the block's heading (default: the dataset).
+    reference: the reference's label, for the paired column's heading.
+  """
   keys = _keys(modalities)
-  head = ["Method", "Acc_m"] + _short_labels(modalities) + ["Avg", "seeds", "Acc_<m> from"]
-  lines = [f"### {dataset}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  head = ["Method", "Acc_m"] + _short_labels(modalities) + ["Avg"]
+  if paired is not None:
+    head.append(f"Δ Acc_m vs {reference} [95% CI] (wins)")
+  if views is not None:
+    head += ["share " + " / ".join(m[0] if len({x[0] for x in modalities}) == len(modalities)
+                                   else m for m in modalities) + " (%)", "imbalance",
+             "s / epoch"]
+  head += ["seeds", "Acc_<m> from"]
+  lines = [f"### {title or dataset}", "", "| " + " | ".join(head) + " |",
+           "|" + "---|" * len(head)]
   names = list(aggregates)
   ranks = {k: _ranks([aggregates[n][k][0] for n in names]) for k in keys}
   for i, name in enumerate(names):
-    cells = [methods.definition(name).label]
+    cells = [(labels or {}).get(name) or methods.definition(name).label]
     cells += [_cell(*aggregates[name][k], ranks[k][i]) for k in keys]
+    if paired is not None:
+      cells.append(paired.get(name, "–"))
+    if views is not None:
+      cells += _perspective_cells(views.get(name), modalities)
     cells += [str(seeds[name]), readouts[name]]
     lines.append("| " + " | ".join(cells) + " |")
   if alone is not None:
+    blanks = (1 if paired is not None else 0) + (3 if views is not None else 0)
     lines.append("| each modality alone (unimodal phase) | – | "
-                 + " | ".join(f"{m:.2f} ± {s:.2f}" for m, s in alone) + " | – | | heads |")
+                 + " | ".join(f"{m:.2f} ± {s:.2f}" for m, s in alone) + " | – |"
+                 + " |" * blanks + " | heads |")
   return "\n".join(lines) + "\n"
 
 
@@ -155,6 +214,19 @@ def _unimodal_alone(dataset_root: str, seeds: Sequence[int], modalities: Sequenc
   return list(zip(values.mean(0).tolist(), std.tolist()))
 
 
+def _paired_json(results, variant: str, variants: Mapping[str, Mapping[str, Any]],
+                reference: str) -> dict[str, Any] | None:
+  """The paired difference (percent) of a row's Acc_m to the reference under the same
+  optimiser, as JSON; None for the reference itself or when it did not run."""
+  ref = f"{reference}@paper" if "@" in variant else reference
+  if variant == ref or ref not in results:
+    return None
+  d = sweep.paired(results[variant], results[ref])
+  return {"reference": ref, "mean": 100 * d.mean, "low": 100 * d.low, "high": 100 * d.high,
+          "n": d.n, "wins": d.wins, "ties": d.ties, "losses": d.losses,
+          "verdict": stats.verdict(d)}
+
+
 def figure3(runs: Sequence[Mapping[str, Any]], modalities: Sequence[str], path: str,
             dataset: str) -> str | None:
   """Fig. 3 from the runs of a method with a budget prior: β and the mean test fusion weights,
@@ -173,11 +245,14 @@ def figure3(runs: Sequence[Mapping[str, Any]], modalities: Sequence[str], path: 
 def run(settings) -> dict[str, Any]:
   """Runs (or resumes) every method × dataset × seed and writes the table and figures."""
   import jax
-  from experiments import report, sweep
+  from experiments import report, run as runner
   from experiments.configs import common
   t0 = time.time()
-  datasets = _names(settings.datasets, common.DATASETS, "datasets")
-  names = _names(settings.methods, all_methods(), "methods", all_value=all_methods())
+  datasets = parse_names(settings.datasets, common.DATASETS, "datasets")
+  names = parse_names(settings.methods, all_methods(), "methods", all_value=all_methods())
+  if settings.reference not in all_methods():
+    raise ValueError(f"invalid config: reference={settings.reference!r}; accepted: "
+                     + ", ".join(all_methods()))
   if not settings.seeds >= 1:
     raise ValueError(f"invalid config: seeds={settings.seeds!r}; accepted: an integer ≥ 1")
   seeds = list(range(settings.seeds))
@@ -192,15 +267,45 @@ def run(settings) -> dict[str, Any]:
       common.validate(common.override(config, {"method": name}))
 
   blocks, table_json, csv_rows, figures = [], {}, [], {}
+  reference = settings.reference
   for dataset, config in configs.items():
     dataset_root = os.path.join(root, dataset)
     modalities = tuple(config.modalities)
-    results = sweep.run_variants(config, {n: {"method": n} for n in names}, seeds, dataset_root)
-    aggregates = {n: sweep.aggregate(results[n], modalities) for n in names}
-    readouts = {n: lib_build.unimodal_readout(config, n) for n in names}
+    # The shared optimiser for every method; the paper's for the gradient-multiplier methods and
+    # the reference, when asked for (their rows are a block of their own).
+    variants = {n: {"method": n} for n in names}
+    paper = [n for n in names if methods.definition(n).paper_optimizer]
+    if settings.paper_optimizers and paper:
+      for n in dict.fromkeys([reference] + paper):
+        variants[f"{n}@paper"] = {"method": n, "optimizer": "paper"}
+    results = sweep.run_variants(config, variants, seeds, dataset_root)
+    readouts = {v: lib_build.unimodal_readout(config, o["method"]) for v, o in variants.items()}
     alone = _unimodal_alone(dataset_root, seeds, modalities)
-    blocks.append(dataset_table(dataset, aggregates, modalities,
-                                {n: len(results[n]) for n in names}, readouts, alone))
+    blocks.append(f"### {dataset}\n\nProtocol: "
+                  + runner.describe_protocol(runner.protocol(config)) + ".\n")
+    for block, rows, ref in (("shared optimiser", list(names), reference),
+                             ("the paper's optimiser", [v for v in variants if "@" in v],
+                              f"{reference}@paper")):
+      if not rows:
+        continue
+      aggregates = {v: sweep.aggregate(results[v], modalities) for v in rows}
+      paired = ({v: "–" if v == ref else stats.format_paired(
+          sweep.paired(results[v], results[ref]), scale=100) for v in rows}
+          if ref in results else None)
+      views = {v: perspectives(results[v], modalities) for v in rows}
+      labels = {v: methods.definition(variants[v]["method"]).label
+                + (" (paper optimiser)" if "@" in v else "") for v in rows}
+      optim = lib_build.optimizer_settings(common.override(
+          config, {"optimizer": "paper" if "@" in rows[0] else "shared"}))
+      title = (f"{dataset}, {block}: {optim.name} lr {optim.learning_rate:g}"
+               + (f", momentum {optim.momentum:g}" if optim.name == "sgd" else "")
+               + (f", weight decay {optim.weight_decay:g}" if optim.weight_decay else ""))
+      blocks.append(dataset_table(dataset, aggregates, modalities,
+                                  {v: len(results[v]) for v in rows}, readouts,
+                                  alone if block == "shared optimiser" else None,
+                                  paired=paired, views=views, labels=labels, title=title,
+                                  reference=methods.definition(reference).label
+                                  if reference in methods.METHODS else reference))
     with_prior = [n for n in names if any(r.get("beta") for r in results[n])]
     if with_prior:
       png = figure3(results[with_prior[0]], modalities, os.path.join(dataset_root, "fig3.png"),
@@ -209,25 +314,46 @@ def run(settings) -> dict[str, Any]:
         figures[dataset] = png
     table_json[dataset] = {
         "modalities": list(modalities),
+        "protocol": runner.protocol(config),
         "unimodal_alone": alone,
-        "methods": {n: {"aggregate": aggregates[n], "acc_unimodal_from": readouts[n],
-                        "runs": [{"seed": r["seed"], "dir": os.path.join(dataset_root,
-                                                                          f"seed{r['seed']}", n),
-                                  "best_epoch": r["best_epoch"], "test_best": r["test_best"],
-                                  "wall_s": r.get("wall_s")} for r in results[n]]}
-                    for n in names},
+        "reference": reference,
+        "methods": {v: {"method": o["method"], "optimizer": o.get("optimizer", "shared"),
+                        "aggregate": sweep.aggregate(results[v], modalities),
+                        "validation": sweep.aggregate(results[v], modalities, "val_best"),
+                        "paired_to_reference": _paired_json(results, v, variants, reference),
+                        "perspectives": perspectives(results[v], modalities),
+                        "acc_unimodal_from": readouts[v],
+                        "runs": [{"seed": r["seed"],
+                                  "dir": os.path.join(dataset_root, f"seed{r['seed']}",
+                                                      sweep.dir_name(v)),
+                                  "best_epoch": r["best_epoch"], "val_best": r["val_best"],
+                                  "test_best": r["test_best"],
+                                  "contribution": r.get("contribution"), "cost": r.get("cost"),
+                                  "wall_s": r.get("wall_s")} for r in results[v]]}
+                    for v, o in variants.items()},
     }
-    for n in names:
-      row = {"dataset": dataset, "method": n, "seeds": len(results[n])}
+    for v, o in variants.items():
+      agg = sweep.aggregate(results[v], modalities)
+      row = {"dataset": dataset, "method": o["method"],
+             "optimizer": o.get("optimizer", "shared"), "seeds": len(results[v])}
       for key in _keys(modalities):
-        row[f"{key}_mean"], row[f"{key}_std"] = aggregates[n][key]
+        row[f"{key}_mean"], row[f"{key}_std"] = agg[key]
+      d = _paired_json(results, v, variants, reference)
+      if d is not None:
+        row.update(delta_acc_fused=d["mean"], delta_low=d["low"], delta_high=d["high"],
+                   delta_wins=d["wins"], verdict=d["verdict"])
       csv_rows.append(row)
 
   seconds = time.time() - t0
   text = ("## Table I: test accuracy (%) of the epoch chosen on validation, mean ± std over seeds"
           "\n\nAcc_m: fused prediction; Acc_<m>: each modality's own prediction (the convention of "
           "the last column); Avg: mean of the three. Best of a column in **bold**, second "
-          "<u>underlined</u>.\n\n" + "\n".join(blocks) + "\n"
+          "<u>underlined</u>. Δ: the paired difference in Acc_m to the reference under the same "
+          "optimiser, per seed: mean, 95% t-interval and the seeds on which the row won; a row is "
+          "better or worse only where the interval excludes 0. Share: each modality's Shapley "
+          "share of the fused test accuracy over modality coalitions, and the imbalance degree "
+          "max − min share (experiments/evaluate/contribution.py). s / epoch: median train time "
+          "per epoch.\n\n" + "\n".join(blocks) + "\n"
           + "".join(f"{note}\n" for note in dict.fromkeys(
               methods.definition(n).note for n in names if methods.definition(n).note))
           + "\n"

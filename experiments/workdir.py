@@ -52,14 +52,21 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def dataset_fingerprint(info: Mapping[str, Any]) -> dict[str, Any]:
   """What identifies a prepared dataset's content: its classes, splits, the preprocessing of its
-  audio and video, and its shards (names, example counts, sizes and checksums when recorded)."""
-  shards = info.get("shards") or {
-      split: [{"file": os.path.basename(f), "num_examples": n}
-              for f, n in zip(info["files"][split], info["shard_lengths"][split])]
-      for split in info["files"]}
-  content = {"name": info.get("name"), "class_names": info.get("class_names"),
-             "splits": info.get("splits"), "audio": info.get("audio"),
-             "video": info.get("video"), "shards": shards}
+  audio and video, and its shards (names, example counts, sizes and checksums when recorded);
+  for an array dataset, its metadata (the generator's arguments) and its files' sizes."""
+  if "files" in info:
+    shards = info.get("shards") or {
+        split: [{"file": os.path.basename(f), "num_examples": n}
+                for f, n in zip(info["files"][split], info["shard_lengths"][split])]
+        for split in info["files"]}
+    content = {"name": info.get("name"), "class_names": info.get("class_names"),
+               "splits": info.get("splits"), "audio": info.get("audio"),
+               "video": info.get("video"), "shards": shards}
+  else:
+    directory = info["data_dir"]
+    content = {"metadata": {k: v for k, v in info.items() if k != "data_dir"},
+               "files": {name: os.path.getsize(os.path.join(directory, name))
+                         for name in sorted(os.listdir(directory)) if name.endswith(".npz")}}
   digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
   return {"name": info.get("name"), "splits": info.get("splits"), "digest": digest}
 
@@ -87,7 +94,10 @@ def fingerprint(config, info: Mapping[str, Any], scope: str) -> dict[str, Any]:
     flat.pop(key, None)
   flat.pop("method", None)
   if scope == UNIMODAL:
-    flat = {k: v for k, v in flat.items() if not k.startswith("methods.")}
+    # The unimodal phase trains every modality alone with the shared optimiser, whatever the
+    # methods, their options, their start and their optimiser are.
+    flat = {k: v for k, v in flat.items()
+            if not k.startswith(("methods.", "paper_optim.")) and k not in ("start", "optimizer")}
   else:
     flat = {k: v for k, v in flat.items()
             if not k.startswith("methods.") or k.startswith(f"methods.{scope}.")}

@@ -281,3 +281,27 @@ class ArrayData:
     batch = self._gather(arrays, idx)
     batch["mask"] = np.ones(len(idx), np.float32)
     return batch
+
+
+def verify(data_dir: str) -> None:
+  """Checks that every split file exists, loads, and holds its recorded number of examples.
+
+  Raises:
+    iib_jax.schema.DatasetError: naming the file and the problem.
+  """
+  from iib_jax.schema import DatasetError
+  info = load_info(data_dir)
+  for split, count in info["splits"].items():
+    path = os.path.join(data_dir, split_file(split))
+    try:
+      arrays = load_split(data_dir, split)
+    except FileNotFoundError:
+      problem = f"{path}: missing (the metadata records {count} examples)"
+      raise DatasetError(problem, [problem]) from None
+    except (OSError, ValueError) as e:      # a truncated or corrupted archive
+      problem = f"{path}: unreadable ({type(e).__name__}: {e})"
+      raise DatasetError(problem, [problem]) from None
+    for key, value in arrays.items():
+      if len(value) != count:
+        problem = f"{path}: {key!r} holds {len(value)} examples, the metadata records {count}"
+        raise DatasetError(problem, [problem])

@@ -14,8 +14,16 @@ from typing import Any, Mapping, Sequence
 
 import optax
 
-from iib_jax import methods, train
+from iib_jax import arrays, methods, schema, train
 from iib_jax.models import MultimodalModel, build_model
+
+def dataset_info(data_dir: str) -> dict[str, Any]:
+  """The metadata of a prepared dataset of either format (TFRecords, or arrays), without
+  TensorFlow."""
+  if arrays.is_array_dataset(data_dir):
+    return arrays.load_info(data_dir)
+  return schema.load_info(data_dir)
+
 
 # MultimodalModel fields set from config.model (the rest come from the method's `model`).
 MODEL_FIELDS = ("gate_hidden", "gate_pool", "detach_uncertainty", "detach_gate_features")
@@ -67,8 +75,18 @@ def model(config, num_classes: int, method_: methods.Method) -> MultimodalModel:
                      dtype=config.model.dtype, **fields)
 
 
-def optimizer(config, frozen: Sequence[str] = ()) -> optax.GradientTransformation:
-  """The run's optimiser; `frozen` top-level parameter groups get zero updates."""
-  o = config.optim
+def optimizer_settings(config, unimodal: bool = False):
+  """The optimiser section a run trains with: `config.optim`, or `config.paper_optim` when
+  `config.optimizer == "paper"` (the unimodal phase always uses the shared one)."""
+  if not unimodal and config.get("optimizer", "shared") == "paper":
+    return config.paper_optim
+  return config.optim
+
+
+def optimizer(config, frozen: Sequence[str] = (), unimodal: bool = False
+              ) -> optax.GradientTransformation:
+  """The run's optimiser (`optimizer_settings`); `frozen` top-level parameter groups get zero
+  updates."""
+  o = optimizer_settings(config, unimodal)
   tx = train.make_optimizer(o.name, o.learning_rate, o.weight_decay, o.momentum)
   return methods.base.freeze_branches(tx, tuple(frozen)) if frozen else tx

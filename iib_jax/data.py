@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from iib_jax import preprocess, schema
-from iib_jax.schema import load_info
+from iib_jax.schema import DatasetError, load_info
 
 try:
   # The input pipeline runs on the host; never let TensorFlow take accelerator memory.
@@ -53,20 +53,6 @@ _log = logging.getLogger(__name__)
 # What a user does about a shard that is not as recorded.
 REPAIR = ("Rerun the preparation command (python -m data_prep.<dataset> with the same flags): it "
           "rewrites exactly the shards that are missing or differ from their records")
-
-
-class DatasetError(ValueError):
-  """A prepared dataset is not as its metadata records it.
-
-  The message names each bad shard (or the split) and the problem, and says what to do.
-
-  Attributes:
-    problems: one line per problem, each starting with the shard's path (or the dataset's).
-  """
-
-  def __init__(self, message: str, problems: Sequence[str] = ()):
-    super().__init__(message)
-    self.problems = list(problems)
 
 
 def _first_line(error: Exception) -> str:

@@ -20,7 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 # Feature keys of one tf.train.Example. The '/' names are the flattened form of the nested
 # tensorflow-datasets FeaturesDict {'video': {...}, 'audio': {...}}.
@@ -112,6 +112,20 @@ def file_sha256(path: str) -> str:
     for block in iter(lambda: f.read(1 << 22), b""):
       digest.update(block)
   return digest.hexdigest()
+
+
+class DatasetError(ValueError):
+  """A prepared dataset is not as its metadata records it.
+
+  The message names each bad shard (or the split) and the problem, and says what to do.
+
+  Attributes:
+    problems: one line per problem, each starting with the shard's path (or the dataset's).
+  """
+
+  def __init__(self, message: str, problems: Sequence[str] = ()):
+    super().__init__(message)
+    self.problems = list(problems)
 
 
 def load_info(data_dir: str) -> dict[str, Any]:

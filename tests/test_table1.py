@@ -39,13 +39,26 @@ def test_table_is_written_as_markdown_csv_and_json(table):
   assert "| Method | Acc_m | Acc_a | Acc_v | Avg |" in text
   assert "each modality alone" in text and "Command: `python -m experiments.table1" in text
   rows = list(csv.DictReader(open(root / "table1.csv")))
-  assert [r["method"] for r in rows] == ["iibalance", "ogm_ge"]
+  # Every method under the shared optimiser; the gradient multiplier and the reference under
+  # the paper's too, in a block of their own with the paired difference to the reference.
+  assert [(r["method"], r["optimizer"]) for r in rows] == [
+      ("iibalance", "shared"), ("ogm_ge", "shared"), ("joint", "paper"), ("ogm_ge", "paper")]
   assert {"acc_fused_mean", "acc_audio_std", "acc_avg_mean"} <= set(rows[0])
+  assert rows[3]["delta_wins"] in ("0", "1") and rows[2].get("delta_wins") in ("", None)
+  assert "Protocol: every method: encoders from a random initialisation (fresh)" in text
+  assert "the paper's optimiser: sgd lr 0.001, momentum 0.9, weight decay 0.0001" in text
+  assert "| OGM-GE (paper optimiser) |" in text and "Δ Acc_m vs Joint [95% CI] (wins)" in text
   record = json.load(open(root / "table1.json"))
   runs = record["datasets"]["synthetic"]["methods"]["iibalance"]["runs"]
   assert len(runs) == 1 and runs[0]["test_best"]["num_examples"] == 6
   assert record["datasets"]["synthetic"]["methods"]["ogm_ge"]["acc_unimodal_from"] == \
       "split fusion layer"
+  # The two other perspectives of the field's benchmark: shares and cost.
+  view = record["datasets"]["synthetic"]["methods"]["iibalance"]["perspectives"]
+  assert view["epoch_seconds"] > 0 and set(view["share"]) == {"audio", "video"}
+  contribution = runs[0]["contribution"]
+  assert set(contribution["coalitions"]) == {"none", "audio", "video", "audio+video"}
+  assert contribution["coalitions"]["audio+video"] == runs[0]["test_best"]["acc_fused"]
 
 
 def test_figure3_and_every_run_directory_are_kept(table):
@@ -89,12 +102,12 @@ def test_columns_mark_best_in_bold_and_second_underlined():
 
 
 def test_method_and_dataset_lists_are_checked():
-  assert table1._names("all", ("joint",), "methods", all_value=table1.all_methods()) == \
+  assert table1.parse_names("all", ("joint",), "methods", all_value=table1.all_methods()) == \
       table1.all_methods()
-  assert table1._names("joint, udi", ("joint", "udi"), "methods") == ("joint", "udi")
-  assert table1._names("('joint', 'udi')", ("joint", "udi"), "methods") == ("joint", "udi")
-  assert table1._names(("udi",), ("joint", "udi"), "methods") == ("udi",)
+  assert table1.parse_names("joint, udi", ("joint", "udi"), "methods") == ("joint", "udi")
+  assert table1.parse_names("('joint', 'udi')", ("joint", "udi"), "methods") == ("joint", "udi")
+  assert table1.parse_names(("udi",), ("joint", "udi"), "methods") == ("udi",)
   with pytest.raises(ValueError, match="invalid config: methods='joint,nope'"):
-    table1._names("joint,nope", ("joint",), "methods")
+    table1.parse_names("joint,nope", ("joint",), "methods")
   from iib_jax import methods
   assert all(methods.definition(n).label for n in table1.all_methods())

@@ -17,7 +17,7 @@ from iib_jax import methods as methods_lib, schema
 from iib_jax.models.encoders import ENCODERS
 from iib_jax.models import DTYPES
 
-DATASETS = ("kinetics_sounds", "crema_d", "ave", "synthetic")
+DATASETS = ("kinetics_sounds", "crema_d", "ave", "synthetic", "synthetic_features")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -56,6 +56,22 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.detach_uncertainty = True
   config.model.detach_gate_features = False
 
+  # The fair protocol (docs/FIDELITY.md, "One protocol for every method"): one start and one
+  # optimiser for every method of a run.
+  # Where every method's encoders start: "fresh" (random initialisation) or "warm" (each
+  # modality's encoder, projection and head from the unimodal phase).
+  config.start = "fresh"
+  # "shared": every method trains with config.optim. "paper": every method trains with
+  # config.paper_optim, the optimiser of the gradient-multiplier methods' own papers (SGD with
+  # momentum), under which their multipliers are not cancelled by Adam's normalisation; the
+  # tables run those methods (Definition.paper_optimizer) and the reference under both.
+  config.optimizer = "shared"
+  config.paper_optim = ml_collections.ConfigDict()
+  config.paper_optim.name = "sgd"
+  config.paper_optim.learning_rate = 1e-3
+  config.paper_optim.weight_decay = 1e-4
+  config.paper_optim.momentum = 0.9
+
   config.optim = ml_collections.ConfigDict()
   config.optim.name = "adam"
   config.optim.learning_rate = 1e-4
@@ -69,7 +85,6 @@ def base_config() -> ml_collections.ConfigDict:
   config.iib.epochs = 50
   config.iib.patience = 5
   config.iib.budget_split = "train"
-  config.iib.warm_start = False
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 64
@@ -115,8 +130,15 @@ def validate(config: ml_collections.ConfigDict, *, check_data: bool = True) -> N
     _fail("model.encoder_size", config.model.encoder_size, "full, tiny")
   if config.model.gate_pool not in ("identity", "mean"):
     _fail("model.gate_pool", config.model.gate_pool, "identity, mean")
-  if config.optim.name not in ("adam", "adamw", "sgd"):
-    _fail("optim.name", config.optim.name, "adam, adamw, sgd")
+  for section in ("optim", "paper_optim"):
+    if config[section].name not in ("adam", "adamw", "sgd"):
+      _fail(f"{section}.name", config[section].name, "adam, adamw, sgd")
+    if not config[section].learning_rate > 0:
+      _fail(f"{section}.learning_rate", config[section].learning_rate, "a positive number")
+  if config.start not in ("fresh", "warm"):
+    _fail("start", config.start, "fresh, warm")
+  if config.optimizer not in ("shared", "paper"):
+    _fail("optimizer", config.optimizer, "shared, paper")
   for key in ("optim.learning_rate", "optim.batch_size", "optim.epochs", "iib.epochs",
               "eval.batch_size", "data.num_frames", "data.image_size", "data.audio_frames"):
     section, name = key.split(".")
@@ -168,9 +190,9 @@ def override(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]):
 
 
 def _is_prepared(data_dir: str) -> bool:
-  from iib_jax import schema
+  from iib_jax import build
   try:
-    schema.load_info(data_dir)
+    build.dataset_info(data_dir)
   except (FileNotFoundError, ValueError, KeyError):
     return False
   return True

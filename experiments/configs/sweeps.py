@@ -50,5 +50,5 @@ def fidelity() -> Sweep:
       "dot, detached w": variant("dot", True),
       "cosine, gradient into w": variant("cosine", False),
       "dot, gradient into w": variant("dot", False),
-      "cosine, detached w, warm start": variant("cosine", True, **{"iib.warm_start": True}),
+      "cosine, detached w, warm start": variant("cosine", True, start="warm"),
   })

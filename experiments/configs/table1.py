@@ -35,4 +35,9 @@ def get_config(arg=None):
   # "" puts it in <root>/jax_cache, "off" disables it, anything else is its directory.
   config.compilation_cache = ""
   config.overwrite = False               # start over in run directories made from something else
+  # Every row's paired difference in Acc_m is to this method (per seed, same optimiser).
+  config.reference = "joint"
+  # The gradient-multiplier methods (and the reference) also run with the paper optimiser
+  # (config.paper_optim of each dataset config), in a block of their own.
+  config.paper_optimizers = True
   return config

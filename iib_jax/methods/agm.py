@@ -201,4 +201,5 @@ def build(opts: Options, spec: base.MethodSpec) -> base.Method:
 
 
 DEFINITION = base.Definition(name="agm", build=build, options=Options, display="AGM",
+                             paper_optimizer=True,
                              readout=lambda o: "Shapley outputs")

@@ -331,6 +331,9 @@ class Definition:
     readout: options -> which logits its Acc_<modality> reads (METHODS.md §1.1).
     train: optional (stages, options) -> results, for a method trained in stages; the runner
       then calls it instead of its own training.
+    paper_optimizer: the method's mechanism is a per-modality gradient multiplier, which its
+      own paper applies under SGD and which Adam's normalisation largely cancels: comparisons
+      publish it under the shared optimiser and under its paper's (`config.optimizer`).
     listed: False for the runner's own helpers (the unimodal phase), which are not a choice of
       `config.method` and no table row.
   """
@@ -342,6 +345,7 @@ class Definition:
   note: str = ""
   readout: Callable[[Any], str] = lambda options: "heads"
   train: Callable[[Stages, Any], dict[str, Any]] | None = None
+  paper_optimizer: bool = False
   listed: bool = True
 
   @property

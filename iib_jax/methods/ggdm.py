@@ -159,4 +159,5 @@ def build(opts: Options, spec: base.MethodSpec) -> base.Method:
                      predict=predict, model={"fusion": "none", "detach_heads": False})
 
 
-DEFINITION = base.Definition(name="ggdm", build=build, options=Options, display="GGDM")
+DEFINITION = base.Definition(name="ggdm", build=build, options=Options, display="GGDM",
+                             paper_optimizer=True)

@@ -33,7 +33,6 @@ class Options(base.Options):
   prior: str = "iib"                   # "iib" or "uniform" (Table II: w/o IIB prior)
   stage_one: bool = True               # False: Table II w/o Stage I (no PRA, λ_m = 0)
   fusion_rule: str = "gated"           # "prior" / "mean": Table II w/o Stage II (fixed weights)
-  warm_start: bool = True              # encoders start from the unimodal phase (read by the runner)
 
   def validate(self, modalities):
     base.require(self.tau > 0, "tau", self.tau, "τ > 0")

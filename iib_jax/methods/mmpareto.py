@@ -111,4 +111,5 @@ def build(opts: Options, spec: base.MethodSpec) -> base.Method:
                      model={"fusion": opts.fusion, "detach_heads": False})
 
 
-DEFINITION = base.Definition(name="mmpareto", build=build, options=Options, display="MMPareto")
+DEFINITION = base.Definition(name="mmpareto", build=build, options=Options, display="MMPareto",
+                             paper_optimizer=True)

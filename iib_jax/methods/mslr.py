@@ -151,4 +151,5 @@ def build(opts: Options, spec: base.MethodSpec) -> base.Method:
 
 
 DEFINITION = base.Definition(name="mslr", build=build, options=Options, display="MSLR",
+                             paper_optimizer=True,
                              readout=lambda o: "fusion-layer summands")

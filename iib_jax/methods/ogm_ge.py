@@ -137,4 +137,5 @@ def build(opts: Options, spec: base.MethodSpec) -> base.Method:
 
 
 DEFINITION = base.Definition(name="ogm_ge", build=build, options=Options, display="OGM-GE",
+                             paper_optimizer=True,
                              readout=lambda o: "split fusion layer")
