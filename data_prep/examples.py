@@ -6,6 +6,7 @@ Nothing here imports TensorFlow or JAX, so a spawned worker starts in a fraction
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import multiprocessing
@@ -175,6 +176,26 @@ def work(item: tuple[int, Clip], config: PrepareConfig,
     return index, ERROR, f"{clip.video_path}: {type(e).__name__}: {e}"
 
 
+@contextlib.contextmanager
+def single_threaded_children() -> Iterator[None]:
+  """Processes started inside inherit one-thread BLAS / OpenMP settings.
+
+  There is already one worker per core; thread pools inside each (numpy's BLAS in the Mel
+  projection, OpenMP) would only oversubscribe the cores.
+  """
+  names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+  saved = {n: os.environ.get(n) for n in names}
+  os.environ.update({n: "1" for n in names})
+  try:
+    yield
+  finally:
+    for n, value in saved.items():
+      if value is None:
+        os.environ.pop(n, None)
+      else:
+        os.environ[n] = value
+
+
 def map_clips(clips: Sequence[Clip], config: PrepareConfig,
               process: Callable[[Clip, PrepareConfig], Any] = clip_example,
               workers: int = 1) -> Iterator[tuple[int, str, Any]]:
@@ -188,9 +209,8 @@ def map_clips(clips: Sequence[Clip], config: PrepareConfig,
   if workers <= 1 or len(items) <= 1:
     yield from map(fn, items)
     return
-  from data_prep.tfrecords import _single_threaded_children
   # spawn: the parent may hold JAX's or TensorFlow's threads, which a fork would copy mid-flight.
-  with _single_threaded_children():
+  with single_threaded_children():
     pool = multiprocessing.get_context("spawn").Pool(min(workers, len(items)))
   try:
     yield from pool.imap(fn, items, chunksize=1)
