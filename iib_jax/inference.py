@@ -42,7 +42,8 @@ EXPORT_FILE = "export.json"
 DATASET_FILE = "dataset.json"
 BUDGETS_FILE = "budgets.json"
 # What prediction needs of a dataset's metadata.json (no shard list, no paths to the records).
-DATASET_KEYS = ("name", "num_classes", "class_names", "splits", "audio", "video", "source")
+DATASET_KEYS = ("name", "format", "num_classes", "class_names", "splits", "audio", "video",
+                "dims", "source")
 EXPORT_FORMAT = 1
 
 
@@ -96,6 +97,15 @@ def is_export(directory: str) -> bool:
 def dataset_info(info: Mapping[str, Any]) -> dict[str, Any]:
   """The part of a dataset's metadata that prediction reads (`DATASET_KEYS`)."""
   return {k: info[k] for k in DATASET_KEYS if k in info}
+
+
+def read_dataset_info(data_dir: str) -> dict[str, Any]:
+  """`dataset_info` of a prepared dataset's metadata.json (TFRecords, or `iib_jax.arrays`)."""
+  path = os.path.join(data_dir, schema.METADATA_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: the run's dataset is not at {data_dir} (pass "
+                            f"the prepared dataset's directory as data_dir, or load an export)")
+  return dataset_info(_read_json(path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,7 +211,8 @@ class Preprocessing:
 
   Attributes:
     modalities: batch keys, in M-axis order.
-    stored: batch key -> the stored modality it reads ('video' or 'audio').
+    stored: batch key -> the stored modality it reads ('video', 'audio', or 'vector' for a
+      feature vector of an `iib_jax.arrays` dataset, which passes unchanged).
     num_frames: T.
     image_size: output frame size S.
     frames_dtype: 'float32' (ImageNet-normalised) or 'uint8' (normalised on the device).
@@ -209,6 +220,7 @@ class Preprocessing:
     audio_pad, audio_position: `crop_audio`'s.
     audio_norm: (mean, std) or None.
     bins: the audio feature width.
+    dims: batch key -> D of the vector modalities.
   """
   modalities: tuple[str, ...]
   stored: Mapping[str, str]
@@ -220,6 +232,7 @@ class Preprocessing:
   audio_position: str
   audio_norm: tuple[float, float] | None
   bins: int
+  dims: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
   @classmethod
   def from_config(cls, config, info: Mapping[str, Any]) -> "Preprocessing":
@@ -228,16 +241,18 @@ class Preprocessing:
     modalities = tuple(config.modalities)
     stored = {}
     for m in modalities:
-      kind = m if m in schema.MODALITY_FEATURES else ENCODER_INPUT[config.model.encoders[m]]
-      stored[m] = kind
+      kind = ENCODER_INPUT[config.model.encoders[m]]
+      stored[m] = m if m in schema.MODALITY_FEATURES and kind != "vector" else kind
+    video, audio = info.get("video") or {}, info.get("audio") or {}
     return cls(modalities=modalities, stored=stored, num_frames=int(c.num_frames),
-               image_size=int(c.image_size or info["video"]["height"]),
+               image_size=int(c.image_size or video.get("height", 0)),
                frames_dtype=str(c.get("frames_dtype", "float32")),
-               audio_frames=int(c.audio_frames or info["audio"]["default_frames"]),
+               audio_frames=int(c.audio_frames or audio.get("default_frames", 0)),
                audio_pad=str(c.get("audio_pad", "zeros")),
                audio_position=str(c.get("audio_position", "start")),
-               audio_norm=audio_normalization(info, c.audio_norm),
-               bins=int(info["audio"]["bins"]))
+               audio_norm=audio_normalization(info, c.audio_norm) if audio else None,
+               bins=int(audio.get("bins", 0)),
+               dims={m: int(info["dims"][m]) for m in modalities if stored[m] == "vector"})
 
   def input_specs(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """batch key -> (shape of one example, dtype) of the model inputs."""
@@ -246,6 +261,8 @@ class Preprocessing:
       if self.stored[m] == "video":
         dtype = np.dtype(np.uint8 if self.frames_dtype == "uint8" else np.float32)
         specs[m] = ((self.num_frames, self.image_size, self.image_size, 3), dtype)
+      elif self.stored[m] == "vector":
+        specs[m] = ((self.dims[m],), np.dtype(np.float32))
       else:
         specs[m] = ((self.audio_frames, self.bins), np.dtype(np.float32))
     return specs
@@ -275,14 +292,20 @@ class Preprocessing:
     return audio
 
   def __call__(self, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """A stored-form example ({'video': uint8 [N, H, W, 3], 'audio': float32 [time, bins]})
-    -> {batch key: model input of one example}."""
+    """A stored-form example ({'video': uint8 [N, H, W, 3], 'audio': float32 [time, bins]};
+    a vector modality under its own name, float32 [D]) -> {batch key: model input}."""
     out = {}
     for m in self.modalities:
       kind = self.stored[m]
-      if kind not in example:
-        raise KeyError(f"the example has no {kind!r} (modality {m!r}); it has {sorted(example)}")
-      out[m] = self.video(example[kind]) if kind == "video" else self.audio(example[kind])
+      key = m if kind == "vector" else kind
+      if key not in example:
+        raise KeyError(f"the example has no {key!r} (modality {m!r}); it has {sorted(example)}")
+      if kind == "video":
+        out[m] = self.video(example[key])
+      elif kind == "audio":
+        out[m] = self.audio(example[key])
+      else:
+        out[m] = np.asarray(example[key], np.float32).reshape(self.dims[m])
     return out
 
 
@@ -514,7 +537,7 @@ def load(directory: str, which: str | None = None, *, data_dir: str | None = Non
     config = run_config(directory)
     if data_dir:
       config.data.dir = data_dir
-    info = dataset_info(schema.load_info(config.data.dir))
+    info = read_dataset_info(config.data.dir)
     results = _maybe_json(os.path.join(directory, "results.json"))
     name = results["method"] if results else config.method
     try:

@@ -112,6 +112,35 @@ def test_numpy_eval_ops_equal_the_pipeline(data_dir, image_size, frames_dtype):
         assert (got[m].shape, got[m].dtype) == specs[m]
 
 
+def test_preprocessing_of_three_modalities_with_a_vector_one():
+  import ml_collections
+  from iib_jax import inference
+  info = {"audio": {"bins": 4, "default_frames": 5, "norm": "dataset", "mean": 1.0, "std": 2.0},
+          "video": {"height": 8, "width": 8}, "dims": {"feat": 3}}
+  config = ml_collections.ConfigDict(dict(
+      modalities=("audio", "video", "feat"),
+      model=dict(encoders=dict(audio="gru", video="resnet18", feat="mlp")),
+      data=dict(num_frames=2, image_size=8, audio_frames=6, audio_norm=None)))
+  ops = inference.Preprocessing.from_config(config, info)
+  assert ops.stored == {"audio": "audio", "video": "video", "feat": "vector"}
+  rng = np.random.default_rng(0)
+  example = {"audio": rng.normal(size=(4, 4)).astype(np.float32),
+             "video": rng.integers(0, 256, (5, 8, 8, 3)).astype(np.uint8),
+             "feat": np.array([1.0, 2.0, 3.0])}
+  out = ops(example)
+  expected_audio = np.concatenate([(example["audio"] - 1.0) / 2.0,
+                                   np.full((2, 4), -0.5, np.float32)])   # zero rows, normalised
+  np.testing.assert_allclose(out["audio"], expected_audio, rtol=1e-6)
+  frames = example["video"][[1, 3]].astype(np.float32) / 255.0        # centres of [0,2), [2,5)
+  np.testing.assert_allclose(out["video"], (frames - np.array([0.485, 0.456, 0.406]))
+                             / np.array([0.229, 0.224, 0.225]), rtol=1e-5)
+  np.testing.assert_array_equal(out["feat"], np.array([1.0, 2.0, 3.0], np.float32))
+  assert {m: spec[0] for m, spec in ops.input_specs().items()} == {
+      "audio": (6, 4), "video": (2, 8, 8, 3), "feat": (3,)}
+  with pytest.raises(KeyError, match="no 'feat'"):
+    ops({"audio": example["audio"], "video": example["video"]})
+
+
 def test_center_frames_are_the_pipelines_segment_centres():
   import tensorflow as tf
   from iib_jax import inference, preprocess
@@ -306,17 +335,14 @@ def test_library_needs_no_tensorflow_given_arrays(smoke):
 
 def test_readme_loading_example_runs_as_written(smoke, tmp_path):
   """The README's 'Loading a trained run' block, in a directory laid out as the main job leaves
-  it (runs/synthetic_iibalance_seed0, the synthetic clips in ~/.cache/iib_jax/raw)."""
-  run_dir, raw_dir, _ = smoke
-  work, home = tmp_path / "work", tmp_path / "home"
+  it (runs/synthetic_iibalance_seed0)."""
+  run_dir, _, _ = smoke
+  work = tmp_path / "work"
   (work / "runs").mkdir(parents=True)
-  (home / ".cache" / "iib_jax").mkdir(parents=True)
   os.symlink(run_dir, work / "runs" / "synthetic_iibalance_seed0")
-  os.symlink(raw_dir, home / ".cache" / "iib_jax" / "raw")
   code = python_block("Loading a trained run")
-  result = subprocess.run([sys.executable, "-c", code], cwd=work,
-                          env=snippet_env(HOME=str(home)), capture_output=True, text=True,
-                          timeout=300)
+  result = subprocess.run([sys.executable, "-c", code], cwd=work, env=snippet_env(),
+                          capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
   lines = result.stdout.splitlines()
   assert lines[0].startswith("iibalance ['00_250hz_hue000'")
