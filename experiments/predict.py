@@ -31,8 +31,8 @@ Output, one line per clip on stdout (clips in input order):
 
 (top-k of the fused prediction with probabilities; each modality's own top-1, as the method
 reads it; the fusion weights where the method has them; the label when the input listed one).
-`--json PATH` writes one JSON object per input line to PATH (`-`: stdout, instead of the text
-lines); an unreadable input is an object with `error` and `kind`. A clip that cannot be read is
+`--json PATH` writes one JSON object per input to PATH, in input order (`-`: stdout, instead of
+the text lines); an unreadable input is an object with `error` and `kind`. A clip that cannot be read is
 one line on stderr, `error: <file>: <reason>`, and the others continue. A summary line (clips,
 time, accuracy on labelled clips) goes to stderr.
 
@@ -238,46 +238,61 @@ def predict_clips(trained, items, *, batch_size: int, top_k: int, jpeg: bool, wo
     that have a label.
   """
   from data_prep import examples
+  from iib_jax import inference
   config = examples.prediction_config(trained.info, jpeg=jpeg)
   readable = [(name, clip) for name, clip, problem in items if problem is None]
   counts = {"predicted": 0, "errors": 0, "labelled": 0, "fused": 0,
             **{m: 0 for m in trained.modalities}}
-  for name, clip, problem in items:
+  for name, clip, problem in items:   # inputs that name no clip (split-file problems) first
     if problem is not None:
       output.error(name, None, *problem)
       counts["errors"] += 1
   pending: list[tuple[str, Any, dict]] = []
+  # Errors met while a batch fills wait for it, so that every output is in input order.
+  events: list[tuple] = []
+
+  def error(name, clip_id, kind, reason):
+    counts["errors"] += 1
+    if pending:
+      events.append((name, clip_id, kind, reason))
+    else:
+      output.error(name, clip_id, kind, reason)
 
   def flush():
     if not pending:
       return
     batch = trained.collate([x for _, _, x in pending], [c.label for _, c, _ in pending])
-    from iib_jax import inference
     out = trained.predict(inference.pad_batch(batch, batch_size))
-    for i, (name, clip, _) in enumerate(pending):
-      output.prediction(clip_record(trained, name, clip, out, i, top_k))
-      counts["predicted"] += 1
-      if 0 <= clip.label < trained.num_classes:
-        counts["labelled"] += 1
-        counts["fused"] += int(out["pred"][i] == clip.label)
-        for j, m in enumerate(trained.modalities):
-          counts[m] += int(out["unimodal_pred"][i, j] == clip.label)
+    records = iter(range(len(pending)))
+    for event in events:
+      if event is None:
+        i = next(records)
+        name, clip, _ = pending[i]
+        output.prediction(clip_record(trained, name, clip, out, i, top_k))
+        counts["predicted"] += 1
+        if 0 <= clip.label < trained.num_classes:
+          counts["labelled"] += 1
+          counts["fused"] += int(out["pred"][i] == clip.label)
+          for j, m in enumerate(trained.modalities):
+            counts[m] += int(out["unimodal_pred"][i, j] == clip.label)
+      else:
+        output.error(*event)
     pending.clear()
+    events.clear()
 
   results = examples.map_clips([c for _, c in readable], config, examples.clip_example, workers)
   for index, status, value in results:
     name, clip = readable[index]
     if status != "ok":
-      output.error(name, clip.clip_id, status, value)
-      counts["errors"] += 1
+      error(name, clip.clip_id, status, value)
       continue
     try:
       inputs = trained.preprocessing(value)
     except (ValueError, KeyError) as e:
-      output.error(name, clip.clip_id, "error", str(e))
-      counts["errors"] += 1
+      error(name, clip.clip_id, "error", str(e))
       continue
     pending.append((name, clip, inputs))
+    events.append(None)
     if len(pending) == batch_size:
       flush()
   flush()
