@@ -19,7 +19,7 @@ recorded features, unnormalised); `data_prep.examples.clip_example` makes one fr
 `Preprocessing` applies the input pipeline's evaluation ops to it in numpy (centre frame of each
 segment, resize, ImageNet normalisation or uint8 frames, audio crop / pad, audio normalisation),
 equal to `iib_jax.data`'s (tests/test_predict.py: audio and frames at the stored size exactly;
-resized float32 frames within 1e-6, resized uint8 frames within one grey level where float
+resized float32 frames within 1e-5, resized uint8 frames within one grey level where float
 rounding lands on the other side of a half).
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@ import re
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.commands import ROOT
 
 
 def python_block(heading: str, path: str = os.path.join(ROOT, "README.md")) -> str:
@@ -21,12 +21,11 @@ def python_block(heading: str, path: str = os.path.join(ROOT, "README.md")) -> s
 
 
 def snippet_env(**extra):
-  """The environment of a README snippet run: CPU, the worktree's packages first. rbg keys and
-  unoptimised machine code only make the compiles faster; the snippet does not depend on them."""
-  return {**os.environ, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "",
-          "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_DEFAULT_PRNG_IMPL": "rbg",
-          "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0",
-          "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]), **extra}
+  """The environment of a README snippet run from another directory: the session's
+  (tests/conftest.py: CPU, faster compiles, which the snippet does not depend on) with this
+  checkout's packages first."""
+  return {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+          **extra}
 
 
 def test_library_example_runs_as_written(tmp_path):
