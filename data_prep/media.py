@@ -47,8 +47,9 @@ class VideoClip:
   """Frames of one clip.
 
   Attributes:
-    frames: [num_frames] JPEG bytes, RGB, height x width; frame k is the source frame ffmpeg's
-      fps filter gives at start + k / fps (`decode_video`).
+    frames: [num_frames] JPEG bytes, RGB, height x width (or uint8 [height, width, 3] arrays,
+      `decode_video(jpeg_quality=None)`); frame k is the source frame ffmpeg's fps filter gives
+      at start + k / fps (`decode_video`).
     fps: the output frame rate.
     height, width: the frame size.
     duration: seconds covered by the frames (num_frames / fps).
@@ -116,6 +117,14 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
   return buf.getvalue()
 
 
+def decode_jpeg(data: bytes) -> np.ndarray:
+  """uint8 [H, W, 3] RGB of JPEG bytes, with libjpeg's accurate integer DCT and fancy
+  upsampling: the pixels of the input pipeline's `tf.io.decode_jpeg(dct_method=
+  'INTEGER_ACCURATE')` (checked by tests/test_predict.py)."""
+  with Image.open(io.BytesIO(data)) as image:
+    return np.asarray(image.convert("RGB"), np.uint8)
+
+
 def _round_near(x: Fraction) -> int:
   """x to the nearest integer, halves away from zero (libavutil's AV_ROUND_NEAR_INF)."""
   n = math.floor(abs(x) + Fraction(1, 2))
@@ -145,7 +154,7 @@ def _frame_duration(frame, pts: int, prev_pts: Optional[int], rate_ticks: int) -
 
 def decode_video(path: str, *, fps: float = 16.0, size: Sequence[int] = (224, 224),
                  start: Optional[float] = None, end: Optional[float] = None,
-                 jpeg_quality: int = 90, interpolation: str = "AREA") -> VideoClip:
+                 jpeg_quality: Optional[int] = 90, interpolation: str = "AREA") -> VideoClip:
   """Decodes a video stream into frames at a fixed rate, resized and JPEG-encoded.
 
   The frames are those of ffmpeg's fps filter (`fps=FPS:start_time=S`, rounding 'near', the
@@ -165,7 +174,8 @@ def decode_video(path: str, *, fps: float = 16.0, size: Sequence[int] = (224, 22
       torchvision's Resize((224, 224)) in the reference pipelines).
     start, end: the segment in seconds relative to the stream's start, or None for the
       stream's start / end.
-    jpeg_quality: quality of the stored JPEGs.
+    jpeg_quality: quality of the stored JPEGs; None keeps the resized frames as uint8 RGB
+      arrays (prediction from raw files, which skips the storage's JPEG rounding).
     interpolation: libswscale interpolation for the resize ('AREA' averages when shrinking).
 
   Returns:
@@ -216,7 +226,7 @@ def decode_video(path: str, *, fps: float = 16.0, size: Sequence[int] = (224, 22
       if prev_jpeg is None:
         rgb = prev.reformat(width=width, height=height, format="rgb24",
                             interpolation=interpolation).to_ndarray()
-        prev_jpeg = encode_jpeg(rgb, jpeg_quality)
+        prev_jpeg = rgb if jpeg_quality is None else encode_jpeg(rgb, jpeg_quality)
       frames.append(prev_jpeg)
 
     try:

@@ -37,7 +37,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from data_prep.examples import PrepareConfig, work
+from data_prep.examples import PrepareConfig, single_threaded_children, work
 from data_prep.splits import Clip, Listing, Skip, check_dataset_name, stable_seed
 from iib_jax import schema
 
@@ -146,26 +146,6 @@ def _shard_done(data_dir: str, state_dir: str, name: str) -> Optional[dict]:
   except tf.errors.OpError:
     return None
   return record if count == record.get("num_examples") else None
-
-
-@contextlib.contextmanager
-def _single_threaded_children() -> Iterator[None]:
-  """Processes started inside inherit one-thread BLAS / OpenMP settings.
-
-  There is already one worker per core; thread pools inside each (numpy's BLAS in the Mel
-  projection, OpenMP) would only oversubscribe the cores.
-  """
-  names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-  saved = {n: os.environ.get(n) for n in names}
-  os.environ.update({n: "1" for n in names})
-  try:
-    yield
-  finally:
-    for n, value in saved.items():
-      if value is None:
-        os.environ.pop(n, None)
-      else:
-        os.environ[n] = value
 
 
 def _import_tf():
@@ -486,7 +466,7 @@ def _write_shards(todo, data_dir, state_dir, tmp_dir, config, workers, progress,
   if workers > 1:
     # spawn: the parent may hold TensorFlow's threads, which a fork would copy mid-flight.
     ctx = multiprocessing.get_context("spawn")
-    with _single_threaded_children():
+    with single_threaded_children():
       pool = ctx.Pool(workers)
     results = pool.imap(fn, items, chunksize=1)
   else:

@@ -11,8 +11,6 @@ adds what needs the data pipeline (TensorFlow) and the device mesh.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import zlib
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -21,8 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from iib_jax import arrays, build as lib_build, checkpoint, loop, methods, sharding, train
-from iib_jax import state as state_lib
+from iib_jax import arrays, build as lib_build, checkpoint, inference, loop, methods, sharding
+from iib_jax import train
 from iib_jax.models.encoders import ENCODER_INPUT
 from iib_jax.state import TrainState
 
@@ -274,32 +272,10 @@ class UnimodalModels:
     return collect_features(self.outputs_step, self.state, self.data.eval(split))
 
 
-def find_unimodal_dir(workdir: str) -> str:
-  """The directory whose `iib/` holds the unimodal phase a run used.
-
-  The phase lives in the run's workdir (`python -m experiments.<dataset>`), its parent (a sweep's
-  `<root>/seed<s>/<variant>`), grandparent (`<workdir>/compare/<method>`) or, for an earlier stage
-  of a multi-stage run (`<run>/stages/<stage>`), two levels above that run.
-  """
-  directory = os.path.abspath(workdir)
-  for _ in range(5):
-    if os.path.exists(os.path.join(directory, "iib", "budgets.json")):
-      return directory
-    directory = os.path.dirname(directory)
-  raise FileNotFoundError(f"no unimodal phase (iib/budgets.json) in {workdir} or its parents")
-
-
-def run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run directory was trained with: its config.json, or its parent's (a compare
-  run `<workdir>/compare/<method>` uses its parent's)."""
-  directory = os.path.abspath(workdir)
-  for _ in range(3):
-    path = os.path.join(directory, "config.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
-    directory = os.path.dirname(directory)
-  raise FileNotFoundError(f"no config.json in {workdir} or its parents: is it a run directory?")
+# Where a run records its config and its unimodal phase: the library's readers
+# (`iib_jax.inference`), which prediction shares.
+find_unimodal_dir = inference.find_unimodal_dir
+run_config = inference.run_config
 
 
 @dataclasses.dataclass
@@ -335,44 +311,15 @@ class TrainedRun:
 def restore_run(workdir: str, devices: Devices, data_dir: str | None = None,
                 which: str = "best") -> TrainedRun:
   """The run in `workdir`, rebuilt from its config and restored from its `which` checkpoint
-  (best: the epoch chosen on validation)."""
-  config = run_config(workdir)
-  if data_dir:
-    config.data.dir = data_dir
-  results = None
-  if os.path.exists(os.path.join(workdir, "results.json")):
-    with open(os.path.join(workdir, "results.json")) as f:
-      results = json.load(f)
-  name = results["method"] if results else config.method
-  data = Data(config, config.data.dir, devices)
-  definition = methods.definition(name)
-  budgets = None
-  try:
-    with open(os.path.join(find_unimodal_dir(workdir), "iib", "budgets.json")) as f:
-      budgets = json.load(f)
-  except FileNotFoundError:
-    if definition.needs_budgets and definition.train is None:
-      raise FileNotFoundError(f"{name} needs the unimodal phase's budgets: no iib/budgets.json "
-                              f"in {workdir} or its parents") from None
-  spec = lib_build.method_spec(config, data.num_classes, data.steps_per_epoch(), budgets=budgets)
-  method = lib_build.method(config, name, spec)
-  model = lib_build.model(config, data.num_classes, method)
-  init = state_lib.make_state_init(model, lib_build.optimizer(config), method)
-  template = jax.eval_shape(lambda: init(jax.random.key(config.seed), data.example()))
-  # The parameters, statistics and method state of the checkpoint, whatever optimiser state it
-  # was saved with (a staged run freezes parameter groups).
-  saved = checkpoint.read_arrays(workdir, which, devices.replicated)
-  state = template.replace(
-      step=saved["step"], params=checkpoint.fill_like(template.params, saved["params"]),
-      batch_stats=checkpoint.fill_like(template.batch_stats, saved.get("batch_stats") or {}),
-      method=checkpoint.fill_like(template.method, saved.get("method") or {}), rng=saved["rng"],
-      opt_state=None)
-  eval_step = train.make_eval_step(model, method, state_sharding=devices.replicated,
-                                   batch_sharding=devices.batch)
-  return TrainedRun(workdir=workdir, name=name, config=config, results=results, data=data,
-                    modalities=tuple(config.modalities), kinds=modality_kinds(config),
-                    method=method, model=model, state=state, eval_step=eval_step,
-                    outputs_step=methods.base.make_outputs_step(model, method))
+  (best: the epoch chosen on validation) by the library's loader (`iib_jax.inference.load`),
+  with its prepared dataset for the evaluation batches."""
+  trained = inference.load(workdir, which, data_dir=data_dir, mesh=devices.mesh)
+  data = Data(trained.config, trained.config.data.dir, devices)
+  return TrainedRun(workdir=workdir, name=trained.name, config=trained.config,
+                    results=trained.results, data=data, modalities=trained.modalities,
+                    kinds=dict(trained.kinds), method=trained.method, model=trained.model,
+                    state=trained.state, eval_step=trained.eval_step,
+                    outputs_step=methods.base.make_outputs_step(trained.model, trained.method))
 
 
 def modality_kinds(config) -> dict[str, str]:

@@ -79,14 +79,25 @@ def abstract(tree: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
 
 
 def saved_epoch(directory: str, which: str = "best") -> int | None:
-  """The epoch of `directory/checkpoints/<which>`, or None (never creates the directory)."""
-  if not os.path.isdir(os.path.join(directory, "checkpoints", which)):
+  """The epoch of `directory/checkpoints/<which>`, or None. Only reads the directory (never
+  creates one, so a read-only export loads): orbax renames a step's directory to its number
+  once the step is complete."""
+  path = os.path.join(directory, "checkpoints", which)
+  if not os.path.isdir(path):
     return None
-  ckpt = Checkpointer(directory)
-  try:
-    return ckpt.epoch(which)
-  finally:
-    ckpt.close()
+  steps = [int(n) for n in os.listdir(path)
+           if n.isdigit() and os.path.isdir(os.path.join(path, n))]
+  return max(steps) if steps else None
+
+
+def saved_record(directory: str, which: str = "best") -> dict[str, Any] | None:
+  """The JSON record of `directory/checkpoints/<which>` (epoch, validation summary), or None;
+  read-only, as `saved_epoch`."""
+  step = saved_epoch(directory, which)
+  if step is None:
+    return None
+  path = os.path.abspath(os.path.join(directory, "checkpoints", which, str(step), "record"))
+  return dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(path))
 
 
 def read_arrays(directory: str, which: str = "best",

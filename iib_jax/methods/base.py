@@ -435,10 +435,11 @@ def eval_outputs(batch: Mapping[str, jax.Array], fused_logits: jax.Array,
 
   Returns:
     `label` [B], `mask` [B], `fused_pred` [B], `fused_logits` [B, C], `unimodal_pred` [M, B],
-    `unimodal_entropy` [M, B] (normalised entropy of each unimodal prediction: the u of Eq. 7 and
-    the input of Eq. 1), and, when the model fuses with weights, `weights` [B, M] and the three
-    terms of log α (Eq. 9) they are the softmax of: `log_alpha_prior` (log β),
-    `log_alpha_uncertainty` (−u) and `log_alpha_gate` (log σ(G)), each [B, M].
+    `unimodal_logits` [M, B, C] (the method's own unimodal readout), `unimodal_entropy` [M, B]
+    (normalised entropy of each unimodal prediction: the u of Eq. 7 and the input of Eq. 1),
+    and, when the model fuses with weights, `weights` [B, M] and the three terms of log α
+    (Eq. 9) they are the softmax of: `log_alpha_prior` (log β), `log_alpha_uncertainty` (−u) and
+    `log_alpha_gate` (log σ(G)), each [B, M].
   """
   result = {
       "label": batch["label"],
@@ -446,6 +447,7 @@ def eval_outputs(batch: Mapping[str, jax.Array], fused_logits: jax.Array,
       "fused_pred": jnp.argmax(fused_logits, -1),
       "fused_logits": fused_logits,
       "unimodal_pred": jnp.argmax(unimodal_logits, -1),
+      "unimodal_logits": unimodal_logits,
       "unimodal_entropy": budget.normalized_entropy_from_logits(unimodal_logits),
   }
   if outputs is not None:
