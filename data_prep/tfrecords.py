@@ -149,7 +149,8 @@ def _shard_done(data_dir: str, state_dir: str, name: str) -> Optional[dict]:
 
 
 def _import_tf():
-  import tensorflow as tf
+  from iib_jax.quiet import import_tensorflow
+  tf = import_tensorflow()
 
   try:
     # The writer needs no accelerator; never take GPU memory from a training job.
@@ -237,7 +238,8 @@ def _write_skipped(path: str, skipped: Sequence[Skip], tmp_dir: str) -> None:
 def _software_versions() -> dict:
   import av
   import librosa
-  import tensorflow as tf
+  from iib_jax.quiet import import_tensorflow
+  tf = import_tensorflow()
   import tensorflow_datasets as tfds
 
   return {"python": sys.version.split()[0], "numpy": np.__version__, "av": av.__version__,
@@ -515,7 +517,8 @@ def _write_shards(todo, data_dir, state_dir, tmp_dir, config, workers, progress,
 
 
 def _write_tfds_metadata(data_dir, listing, config, shard_lengths, num_bytes, metadata):
-  import tensorflow as tf
+  from iib_jax.quiet import import_tensorflow
+  tf = import_tensorflow()
   import tensorflow_datasets as tfds
   from absl import logging as absl_logging
   from tensorflow_datasets.core import naming

@@ -10,6 +10,7 @@ adds what needs the data pipeline (TensorFlow) and the device mesh.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import zlib
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -19,15 +20,56 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from iib_jax import arrays, build as lib_build, checkpoint, inference, loop, methods, sharding
-from iib_jax import train
+from iib_jax import arrays, build as lib_build, checkpoint, distributed, inference, loop
+from iib_jax import methods, sharding, train
 from iib_jax.models.encoders import ENCODER_INPUT
 from iib_jax.state import TrainState
 
 
+_LOG_FILES: list[str] = []
+
+
 def log(message: str) -> None:
-  """One line of progress on the console."""
-  print(message, flush=True)
+  """One line of progress on the console and in the run's log file (`log_to`); process 0's
+  only."""
+  if distributed.is_primary():
+    print(message, flush=True)
+    for path in _LOG_FILES[-1:]:
+      with open(path, "a") as f:
+        f.write(message.rstrip("\n") + "\n")
+
+
+@contextlib.contextmanager
+def log_to(path: str):
+  """Also writes every `log` line to `path` (plain text, appended) while the block runs."""
+  _LOG_FILES.append(path)
+  try:
+    yield
+  finally:
+    _LOG_FILES.pop()
+
+
+def epoch_line(name: str, epoch: int, epochs: int, train_metrics: Mapping[str, Any],
+               val: Mapping[str, Any], modalities, seconds: float, remaining: float) -> str:
+  """The one line an epoch leaves in the log: `[name] epoch e/E−1 · train loss · validation
+  Acc_m (each modality) · seconds · ETA` (epochs are 0-based everywhere)."""
+  loss = train_metrics.get("loss")
+  parts = [f"[{name}] epoch {epoch}/{epochs - 1}"]
+  if loss is not None:
+    parts.append(f"train loss {float(np.mean(loss)):.4f}")
+  each = ", ".join(f"{m} {100 * val[f'acc_{m}']:.2f}" for m in modalities if f"acc_{m}" in val)
+  if "acc_fused" in val:
+    parts.append(f"val Acc_m {100 * val['acc_fused']:.2f} ({each})")
+  else:
+    parts.append(f"val {each}")
+  parts.append(f"{seconds:.1f} s")
+  parts.append(f"ETA {remaining / 60:.1f} min" if remaining >= 60 else f"ETA {remaining:.0f} s")
+  return " · ".join(parts)
+
+
+def primary() -> bool:
+  """Whether this process writes the run's files: logs, records, tables, plots (process 0)."""
+  return distributed.is_primary()
 
 
 def stream_seed(seed: int, name: str) -> int:
@@ -102,8 +144,8 @@ def clip_labels(data_dir: str, split: str) -> list[tuple[bytes, int]]:
   if arrays.is_array_dataset(data_dir):
     stored = arrays.load_split(data_dir, split)
     return [(bytes(c), int(y)) for c, y in zip(stored["clip_id"], stored["label"])]
-  import tensorflow as tf
-  from iib_jax import preprocess, schema
+  from iib_jax import preprocess, quiet, schema
+  tf = quiet.import_tensorflow()
   files = schema.load_info(data_dir)["files"][split]
   records = tf.data.TFRecordDataset(files).map(lambda s: preprocess.parse(s, ()))
   return [(bytes(ex["clip_id"]), int(ex["label"])) for ex in records.as_numpy_iterator()]
@@ -150,7 +192,8 @@ class Data:
       c = config.data
       self.pipeline = dict(modalities=keys, num_frames=c.num_frames, image_size=c.image_size,
                            audio_frames=c.audio_frames, audio_norm=c.audio_norm,
-                           frames_dtype=c.get("frames_dtype", "float32"))
+                           frames_dtype=c.get("frames_dtype", "float32"),
+                           host_sharding=c.get("host_sharding", "global"))
     self.num_classes = int(self.info["num_classes"])
 
   def num_examples(self, split: str) -> int:
@@ -169,6 +212,8 @@ class Data:
       return source.train(epoch, seed) if train else source.eval(split)
     size = batch_size or (self.batch_size if train else self.eval_batch_size)
     extra = dict(seed=seed, epoch=epoch) if train else {}
+    if batch_size is not None:          # the same few examples on every process (shapes)
+      extra.update(process_index=0, process_count=1)
     return self._make(self.dir, split, batch_size=size, train=train, **extra, **self.pipeline)
 
   def train(self, epoch: int, seed: int, keep: Callable[[bytes], bool] | None = None):

@@ -78,6 +78,29 @@ def stops_on_bad_input():
     raise
 
 
+def define_distributed_flags() -> None:
+  """--coordinator_address, --num_processes, --process_id (iib_jax.distributed)."""
+  from absl import flags
+  flags.DEFINE_string("coordinator_address", None,
+                      "host:port of process 0, when this command is one of several processes "
+                      "(or JAX_COORDINATOR_ADDRESS; SLURM, Open MPI and TPU pods are detected)")
+  flags.DEFINE_integer("num_processes", None, "number of processes (or JAX_NUM_PROCESSES)")
+  flags.DEFINE_integer("process_id", None, "this process, 0 .. num_processes − 1 (or "
+                       "JAX_PROCESS_ID)")
+
+
+def initialize_distributed() -> None:
+  """Starts jax.distributed when this command runs as one of several processes (before any
+  JAX computation); a no-op for one process. A bad setting exits with one line."""
+  from absl import flags
+  from iib_jax import distributed
+  args = flags.FLAGS
+  try:
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+
+
 def run(dataset: str) -> None:
   argv = sys.argv[1:]
   default_file = os.path.join(HERE, "configs", f"{dataset}.py")
@@ -94,10 +117,12 @@ def run(dataset: str) -> None:
 
   config_flags.DEFINE_config_file("config", default_file, "experiment config", lock_config=True)
   flags.DEFINE_string("workdir", None, "run directory (overrides config.workdir)")
+  define_distributed_flags()
 
   def main(_):
     from absl import logging
     logging.set_verbosity(logging.WARNING)        # orbax logs every save at INFO
+    initialize_distributed()
     from experiments import run as runner
     config = flags.FLAGS.config
     if flags.FLAGS.workdir:

@@ -16,16 +16,20 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import cli
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 config_flags.DEFINE_config_file("config", os.path.join(_HERE, "configs", "synthetic.py"),
                                 "base experiment config", lock_config=False)
 flags.DEFINE_integer("seeds", 3, "number of seeds (0 .. seeds-1)")
 flags.DEFINE_string("root", "runs/fidelity", "sweep directory")
+cli.define_distributed_flags()
 
 
 def main(_):
   from absl import logging
   logging.set_verbosity(logging.WARNING)
+  cli.initialize_distributed()
   from experiments import report, sweep
   from experiments.configs import sweeps
   plan = sweeps.fidelity()

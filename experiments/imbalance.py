@@ -24,6 +24,8 @@ from typing import Any, Mapping, Sequence
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from experiments import cli
 import numpy as np
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -34,6 +36,7 @@ flags.DEFINE_list("dials", ["0", "0.33", "0.67", "1"], "imbalance dials of the d
 flags.DEFINE_string("methods", "all", "'all' or a comma-separated list of methods")
 flags.DEFINE_string("reference", "joint", "the method every other is paired with")
 flags.DEFINE_string("root", "runs/imbalance", "sweep directory")
+cli.define_distributed_flags()
 
 
 def budgets_of(dial_root: str, seeds: Sequence[int]) -> dict[str, Any] | None:
@@ -151,6 +154,7 @@ def figures(record: Mapping[str, Any], modalities: Sequence[str], names: Sequenc
 def main(_):
   from absl import logging
   logging.set_verbosity(logging.WARNING)
+  cli.initialize_distributed()
   from data_prep import synthetic_features
   from experiments import cli, report, run as runner, sweep, table1
   from experiments.configs import common

@@ -35,16 +35,16 @@ def accuracy_curves(records: Sequence[Mapping], modalities: Sequence[str], path:
   fig, ax = plt.subplots(figsize=(6.4, 4.0))
   val = [r for r in records if r.get("split") == "val" and r.get("phase") == "multimodal"]
   if val:
-    epochs = [r["epoch"] + 1 for r in val]
+    epochs = [r["epoch"] for r in val]
     ax.plot(epochs, [100 * r["acc_fused"] for r in val], "k-o", ms=3, label="fused (Acc_m)")
     for m in modalities:
       ax.plot(epochs, [100 * r[f"acc_{m}"] for r in val], "-o", ms=3, label=f"{m} head")
   uni = [r for r in records if r.get("split") == "val" and r.get("phase") == "unimodal"]
   for m in modalities:
     if uni:
-      ax.plot([r["epoch"] + 1 for r in uni], [100 * r[f"acc_{m}"] for r in uni], "--", alpha=0.6,
+      ax.plot([r["epoch"] for r in uni], [100 * r[f"acc_{m}"] for r in uni], "--", alpha=0.6,
               label=f"{m} alone (IIB phase)")
-  ax.set_xlabel("epoch")
+  ax.set_xlabel("epoch (0-based, as in metrics.jsonl and the checkpoints)")
   ax.set_ylabel("validation accuracy (%)")
   ax.set_title(title or "Validation accuracy per modality")
   ax.grid(alpha=0.3)

@@ -26,7 +26,7 @@ from experiments import build, plots, workdir as workdir_lib
 from experiments.evaluate import contribution
 from experiments.configs import common
 from iib_jax import build as lib_build
-from iib_jax import budget, checkpoint, estimate, loop, methods, state as state_lib
+from iib_jax import budget, checkpoint, distributed, estimate, loop, methods, state as state_lib
 from iib_jax import train, writers
 
 log = build.log
@@ -84,6 +84,9 @@ def unimodal_phase(config, data: build.Data, workdir: str,
     step = (epoch + 1) * spec.steps_per_epoch
     writer.write(phase="unimodal", split="train", epoch=epoch, step=step, metrics=train_metrics)
     writer.write(phase="unimodal", split="val", epoch=epoch, step=step, metrics=val)
+    log(build.epoch_line("unimodal", epoch, config.iib.epochs, train_metrics, val, modalities,
+                         epoch_seconds[-1],
+                         float(np.mean(epoch_seconds)) * (config.iib.epochs - epoch - 1)))
 
   state, summary, _ = estimate.train_unimodal(
       train_step, eval_step, state, train_batches=lambda e: data.train(e, config.seed + 1),
@@ -101,7 +104,8 @@ def unimodal_phase(config, data: build.Data, workdir: str,
   ckpt = checkpoint.Checkpointer(iib_dir)
   ckpt.save("best", 0, {"params": state.params, "batch_stats": state.batch_stats}, record)
   ckpt.close()
-  estimate.write_json(path, record)
+  if build.primary():
+    estimate.write_json(path, record)
   log("IIB phase: " + ", ".join(f"{m}: val acc {summary[m]['val_acc']:.3f}, B = {b:.4f}"
                                  for m, b in zip(modalities, record["budgets"]))
       + f" → β = {np.round(record['beta'], 4).tolist()}, anchor {record['anchor']}")
@@ -229,6 +233,8 @@ def train_method(config, name: str, data: build.Data, workdir: str,
     now = time.perf_counter()
     epoch_seconds.append(now - clock[0])
     clock[0] = now
+    log(build.epoch_line(name, epoch, epochs, train_metrics, val, modalities, epoch_seconds[-1],
+                         float(np.mean(epoch_seconds)) * (epochs - epoch - 1)))
     step = (epoch + 1) * spec.steps_per_epoch
     # The epoch's records first, then its checkpoints (writers.MetricWriter.truncate_after).
     writer.write(phase="multimodal", split="train", epoch=epoch, step=step, metrics=train_metrics)
@@ -269,12 +275,13 @@ def train_method(config, name: str, data: build.Data, workdir: str,
   }
   writer.write(phase="multimodal", split="test", epoch=best_record["epoch"],
                step=int(best_state.step), metrics=results["test_best"])
-  if "weights" in test_best:
-    np.save(os.path.join(workdir, "test_weights.npy"), test_best["weights"])
   writer.close()
   ckpt.close()
-  plots.save_all(workdir, modalities, results)
-  estimate.write_json(done, results)          # last: its presence marks the run finished
+  if build.primary():
+    if "weights" in test_best:
+      np.save(os.path.join(workdir, "test_weights.npy"), test_best["weights"])
+    plots.save_all(workdir, modalities, results)
+    estimate.write_json(done, results)        # last: its presence marks the run finished
   return results
 
 
@@ -312,9 +319,9 @@ class Stages:
     if workdir != self.workdir and os.path.exists(path):
       with open(path) as f:
         return json.load(f)
-    os.makedirs(workdir, exist_ok=True)
-    if workdir != self.workdir:
+    if workdir != self.workdir and build.primary():
       # The stage's own config, so `experiments.evaluate` can rebuild its model.
+      os.makedirs(workdir, exist_ok=True)
       with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
     return train_method(config, self.name, self.data, workdir, self.budgets, self.unimodal_dir,
@@ -345,14 +352,16 @@ class Stages:
     if os.path.exists(path):
       with open(path) as f:
         return json.load(f)
-    record = compute()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    estimate.write_json(path, record)
+    record = compute()                  # every process computes it, the same
+    if build.primary():
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      estimate.write_json(path, record)
     return record
 
   def finish(self, results, stages):
     results = {**results, "stages": dict(stages)}
-    estimate.write_json(os.path.join(self.workdir, "results.json"), results)
+    if build.primary():
+      estimate.write_json(os.path.join(self.workdir, "results.json"), results)
     return results
 
 
@@ -434,13 +443,17 @@ def prepare_directories(config, dirs: Mapping[str, Mapping[str, Any]]) -> None:
   `workdir.WorkdirMismatch`; `config.overwrite` clears them instead), then verifies the dataset's
   shards (`iib_jax.data.DatasetError`), then records the fingerprints."""
   for directory, fp in dirs.items():
-    if config.overwrite:
-      workdir_lib.clear(directory)
-    else:
+    if not config.overwrite:
       workdir_lib.check(directory, fp)
   build.verify_dataset(config.data.dir)
-  for directory, fp in dirs.items():
-    workdir_lib.record(directory, fp)
+  # Every process has looked at the directories before the first one changes them.
+  distributed.barrier("directories checked")
+  if build.primary():
+    for directory, fp in dirs.items():
+      if config.overwrite:
+        workdir_lib.clear(directory)
+      workdir_lib.record(directory, fp)
+  distributed.barrier("directories ready")
 
 
 def main(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -465,8 +478,15 @@ def main(config: ml_collections.ConfigDict) -> dict[str, Any]:
   names = [config.method] + [m for m in config.compare_with if m != config.method]
   dirs = plan(config, names, workdir)
   prepare_directories(config, dirs)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  if build.primary():
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  with build.log_to(os.path.join(workdir, "run.log")):
+    return _run(config, names, devices, t0)
+
+
+def _run(config, names: Sequence[str], devices: build.Devices, t0: float) -> dict[str, Any]:
+  workdir = config.workdir
   data = build.Data(config, config.data.dir, devices)
   log(f"data: {config.data.dir} ({data.num_classes} classes; "
       + ", ".join(f"{s} {n}" for s, n in data.info["splits"].items()) + f"); devices: "
@@ -483,10 +503,11 @@ def main(config: ml_collections.ConfigDict) -> dict[str, Any]:
                               protocol(config))
   markdown += f"\nWall time: {time.time() - t0:.0f} s on {devices.count} × " \
               f"{jax.devices()[0].device_kind}.\n"
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(markdown)
-  estimate.write_json(os.path.join(workdir, "results_all.json"),
-                      {"budgets": budgets, "runs": rows})
+  if build.primary():
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+      f.write(markdown)
+    estimate.write_json(os.path.join(workdir, "results_all.json"),
+                        {"budgets": budgets, "runs": rows})
   log("\n" + markdown)
   return {r["method"]: r for r in rows}
 

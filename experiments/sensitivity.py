@@ -15,11 +15,14 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import cli
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 config_flags.DEFINE_config_file("config", os.path.join(_HERE, "configs", "synthetic.py"),
                                 "base experiment config", lock_config=False)
 flags.DEFINE_integer("seeds", 2, "number of seeds (0 .. seeds-1)")
 flags.DEFINE_string("root", "runs/sensitivity", "sweep directory")
+cli.define_distributed_flags()
 flags.DEFINE_list("taus", ["0.03", "0.07", "0.2", "0.5", "1.0"], "values of τ")
 flags.DEFINE_list("gammas", ["0.0", "0.1", "0.3", "0.5", "1.0"], "values of γ")
 
@@ -50,6 +53,7 @@ def plot(curves: dict, modalities, path: str) -> str:
 def main(_):
   from absl import logging
   logging.set_verbosity(logging.WARNING)
+  cli.initialize_distributed()
   from experiments import report, sweep
   from experiments.configs import sweeps
   grid = {"tau": [float(v) for v in flags.FLAGS.taus],

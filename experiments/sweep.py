@@ -65,9 +65,14 @@ def run_variants(config: ml_collections.ConfigDict, variants: Mapping[str, Mappi
   runner.prepare_directories(config, planned)
   for seed in seeds:
     seed_dir = os.path.join(root, f"seed{seed}")
-    os.makedirs(seed_dir, exist_ok=True)
-    pending = {n: c for n, c in variant_configs.items()
-               if not os.path.exists(os.path.join(seed_dir, dirs[n], "results.json"))}
+    # What finished before this invocation (read once, the same on every process).
+    done = {}
+    for name in variant_configs:
+      path = os.path.join(seed_dir, dirs[name], "results.json")
+      if os.path.exists(path):
+        with open(path) as f:
+          done[name] = json.load(f)
+    pending = {n: c for n, c in variant_configs.items() if n not in done}
     budgets = None
     data = None
     if pending:
@@ -78,37 +83,41 @@ def run_variants(config: ml_collections.ConfigDict, variants: Mapping[str, Mappi
         budgets = runner.unimodal_phase(base, data, seed_dir, writer)
         writer.close()
     trained: dict[str, str] = {}    # a variant's configuration -> the first variant run with it
+    outputs: dict[str, dict[str, Any]] = {}
     for name, variant in variant_configs.items():
       run_dir = os.path.join(seed_dir, dirs[name])
-      path = os.path.join(run_dir, "results.json")
       same = override(variant, {"seed": seed}).to_json_best_effort(sort_keys=True)
       first = trained.setdefault(same, name)
-      if not os.path.exists(path) and first != name:
+      if name in done:
+        out = done[name]
+      elif first != name:
         # The same configuration as an earlier variant (e.g. the default point of two sweeps):
         # its results, not a second identical training.
-        with open(os.path.join(seed_dir, dirs[first], "results.json")) as f:
-          out = {**json.load(f), "same_run_as": first}
-        os.makedirs(run_dir, exist_ok=True)
-        with open(path, "w") as f:
-          json.dump(out, f, indent=2)
-      if not os.path.exists(path):
+        out = {**outputs[first], "same_run_as": first}
+        _write_results(run_dir, out)
+      else:
         cfg = override(variant, {"seed": seed, "workdir": run_dir})
-        os.makedirs(run_dir, exist_ok=True)
-        with open(os.path.join(run_dir, "config.json"), "w") as f:
-          f.write(cfg.to_json_best_effort(indent=2))
+        if build.primary():
+          os.makedirs(run_dir, exist_ok=True)
+          with open(os.path.join(run_dir, "config.json"), "w") as f:
+            f.write(cfg.to_json_best_effort(indent=2))
         t0 = time.time()
         runner.log(f"== {name}, seed {seed}")
         needs = methods.definition(cfg.method).needs_budgets
         out = runner.train_method(cfg, cfg.method, data, run_dir, budgets if needs else None,
                                   unimodal_dir=os.path.join(seed_dir, "iib"))
-        out["wall_s"] = time.time() - t0
-        with open(path, "w") as f:
-          json.dump(out, f, indent=2)
-      with open(path) as f:
-        out = json.load(f)
-      out["seed"] = seed
-      results[name].append(out)
+        out = {**out, "wall_s": time.time() - t0}
+        _write_results(run_dir, out)
+      outputs[name] = out
+      results[name].append({**out, "seed": seed})
   return results
+
+
+def _write_results(run_dir: str, out: Mapping[str, Any]) -> None:
+  if build.primary():
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "results.json"), "w") as f:
+      json.dump(out, f, indent=2)
 
 
 def aggregate(runs: Sequence[Mapping[str, Any]], modalities: Sequence[str],

@@ -377,6 +377,7 @@ def main(_):
   from absl import logging
   logging.set_verbosity(logging.WARNING)        # orbax logs every save at INFO
   from experiments import cli
+  cli.initialize_distributed()
   with cli.stops_on_bad_input():
     run(flags.FLAGS.config)
 
@@ -389,4 +390,5 @@ if __name__ == "__main__":
   # Defined here, not on import: the functions above are also used as a library.
   config_flags.DEFINE_config_file("config", os.path.join(_HERE, "configs", "table1.py"),
                                   "Table I settings", lock_config=True)
+  cli.define_distributed_flags()
   app.run(main)

@@ -19,9 +19,11 @@ The modality keys are configurable (`modalities={'visual': 'video', 'audio': 'au
 batch key to a stored modality), and a subset skips the other modality's decoding.
 
 Order: a function of (seed, epoch) only; `start_batch` resumes an epoch at an exact batch.
-Multi-host: each host reads its part (whole shards when that balances the hosts, else every
-`process_count`-th example) and yields `batch_size // process_count` examples per batch; every
-host yields the same number of batches (`num_batches`).
+Multi-host (`host_sharding='global'`, the default): every host reads the whole split in the same
+order and shuffle, and yields its slice (`batch_size // process_count` examples) of each global
+batch, so the global batches are those of one process whatever the process count; every host
+yields the same number of batches (`num_batches`). 'file' reads whole shards per host instead
+(less reading, batches that depend on the process count).
 """
 from __future__ import annotations
 
@@ -33,10 +35,11 @@ import re
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
-import tensorflow as tf
 
-from iib_jax import preprocess, schema
+from iib_jax import preprocess, quiet, schema
 from iib_jax.schema import DatasetError, load_info
+
+tf = quiet.import_tensorflow()
 
 try:
   # The input pipeline runs on the host; never let TensorFlow take accelerator memory.
@@ -194,11 +197,16 @@ def _split_info(info: Mapping[str, Any], split: str) -> tuple[list[str], list[in
   return info["files"][split], info["shard_lengths"][split]
 
 
+HOST_SHARDINGS = ("global", "auto", "file", "example")
+
+
 def _file_level(lengths: Sequence[int], process_count: int, host_sharding: str) -> bool:
-  if host_sharding not in ("auto", "file", "example"):
-    raise ValueError(f"host_sharding must be auto, file or example, got {host_sharding!r}")
+  if host_sharding not in HOST_SHARDINGS:
+    raise ValueError(f"host_sharding must be one of {HOST_SHARDINGS}, got {host_sharding!r}")
   if process_count == 1:
     return True
+  if host_sharding == "global":
+    return False
   if host_sharding == "example":
     return False
   if len(lengths) < process_count:
@@ -214,24 +222,35 @@ def _file_level(lengths: Sequence[int], process_count: int, host_sharding: str) 
 
 
 def host_files(data_dir: str, split: str, *, process_index: Optional[int] = None,
-               process_count: Optional[int] = None, host_sharding: str = "auto"
+               process_count: Optional[int] = None, host_sharding: str = "global"
                ) -> tuple[list[str], int, bool]:
   """The shards a host reads, its example count, and whether it reads whole shards.
 
+  host_sharding:
+    'global' (default): every host reads every shard, in the same order and the same shuffle,
+      and takes its slice of each global batch, so the global batches are those of one process
+      whatever the number of processes (N processes compute what one does, up to reduction
+      order); every host reads the whole split.
+    'file': whole shards per host (less reading; the batches depend on the process count);
+    'example': every host reads every shard and keeps every process_count-th example;
+    'auto': 'file' when the hosts' shares are within 5 %, else 'example'.
+
   Returns:
-    (files, number of examples this host yields per epoch before batching, file_level). With
-    file_level False the host reads every file and keeps every process_count-th example.
+    (files, number of examples this host yields per epoch before batching (for 'global': the
+    whole split's, before the host takes its slices), file_level).
   """
   index, count = _process(process_index, process_count)
   files, lengths = _split_info(load_info(data_dir), split)
   if _file_level(lengths, count, host_sharding):
     return files[index::count], sum(lengths[index::count]), True
   total = sum(lengths)
+  if host_sharding == "global":
+    return files, total, False
   return files, max(0, (total - index + count - 1) // count), False
 
 
 def num_batches(data_dir: str, split: str, *, batch_size: int, train: bool,
-                process_count: Optional[int] = None, host_sharding: str = "auto") -> int:
+                process_count: Optional[int] = None, host_sharding: str = "global") -> int:
   """Batches per epoch, the same on every host.
 
   Training drops the remainder (floor of the smallest host's share); evaluation pads (ceil of
@@ -246,6 +265,9 @@ def num_batches(data_dir: str, split: str, *, batch_size: int, train: bool,
     process_count = jax.process_count()
   count = process_count
   local = _local_batch(batch_size, count)
+  if host_sharding == "global" or count == 1:
+    total = sum(_split_info(load_info(data_dir), split)[1])
+    return total // batch_size if train else math.ceil(total / batch_size)
   shares = [host_files(data_dir, split, process_index=h, process_count=count,
                        host_sharding=host_sharding)[1] for h in range(count)]
   if train:
@@ -352,7 +374,7 @@ def make_tf_dataset(data_dir: str, split: str, *, batch_size: int, train: bool,
                     ops: Union[None, str, Sequence] = None,
                     damage: Union[str, Sequence] = "",
                     process_index: Optional[int] = None, process_count: Optional[int] = None,
-                    host_sharding: str = "auto", cycle_length: int = 16,
+                    host_sharding: str = "global", cycle_length: int = 16,
                     num_parallel_calls: int = AUTOTUNE, prefetch: int = AUTOTUNE
                     ) -> tf.data.Dataset:
   """One epoch of batches as a tf.data.Dataset of dicts (see the module docstring).
@@ -437,7 +459,8 @@ def make_tf_dataset(data_dir: str, split: str, *, batch_size: int, train: bool,
   else:
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=1, num_parallel_calls=1,
                        deterministic=True)
-  if not file_level and count > 1:
+  sliced = host_sharding == "global" and count > 1
+  if not file_level and count > 1 and not sliced:
     ds = ds.shard(count, index)
   ds = ds.enumerate()
 
@@ -449,7 +472,13 @@ def make_tf_dataset(data_dir: str, split: str, *, batch_size: int, train: bool,
   ds = ds.map(select, num_parallel_calls=num_parallel_calls, deterministic=True)
   if train:
     ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
-  if start_batch:
+  if sliced:
+    # The global stream is the same on every host; each keeps its slice of every global batch.
+    if start_batch:
+      ds = ds.skip(start_batch * batch_size)
+    ds = ds.enumerate().filter(lambda j, item: (j % batch_size) // local == index)
+    ds = ds.map(lambda j, item: item)
+  elif start_batch:
     ds = ds.skip(start_batch * local)
 
   def transform(seed_pair, ex):
@@ -553,7 +582,7 @@ class Batches:
 
 def make_dataset(data_dir: str, split: str, *, batch_size: int, train: bool,
                  start_batch: int = 0, process_count: Optional[int] = None,
-                 host_sharding: str = "auto", **kwargs) -> Batches:
+                 host_sharding: str = "global", **kwargs) -> Batches:
   """One epoch of numpy batches (the batch contract of the module docstring).
 
   Takes the arguments of `make_tf_dataset`; `len()` of the result is the number of batches.
@@ -565,6 +594,12 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, train: bool,
                       process_count=process_count, host_sharding=host_sharding)
   files, share, _ = host_files(data_dir, split, process_index=kwargs.get("process_index"),
                                process_count=process_count, host_sharding=host_sharding)
+  index, count = _process(kwargs.get("process_index"), process_count)
+  if host_sharding == "global" and count > 1:
+    # This host's slices of the global batches: full batches, then its part of the last one.
+    local = _local_batch(batch_size, count)
+    share = (share // batch_size) * local + min(max(share % batch_size - index * local, 0),
+                                                local)
   # Evaluation from its first batch yields every example of this host's share exactly once.
   num_examples = share if not train and not start_batch else None
   return Batches(ds, max(total - start_batch, 0), info=load_info(data_dir), split=split,

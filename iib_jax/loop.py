@@ -6,6 +6,7 @@ The step stays on device: metrics are summed on device and fetched every `log_ev
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -75,8 +76,7 @@ def _flush(window_sums, window, window_start, epoch_sums, on_log, progress, t0):
   if on_log is not None:
     on_log(window_start + window, {k: v / window for k, v in host.items()})
   if progress is not None and "loss" in host:
-    progress.set_postfix(loss=f"{float(host['loss']) / window:.4f}",
-                         steps_per_s=f"{window / max(time.perf_counter() - t0, 1e-9):.2f}")
+    progress.set_postfix(loss=f"{float(host['loss']) / window:.4f}")
   if epoch_sums is None:
     return host
   return {k: epoch_sums[k] + host[k] for k in host}
@@ -90,7 +90,13 @@ def collect(eval_step: Callable, state, batches: Iterable[Batch]) -> dict[str, n
   """
   parts: dict[str, list[np.ndarray]] = {}
   for batch in batches:
-    out = jax.device_get(eval_step(state, batch))
+    out = eval_step(state, batch)
+    if jax.process_count() > 1:
+      # The outputs are sharded over every process's devices: each gathers the whole batch.
+      from jax.experimental import multihost_utils
+      out = multihost_utils.process_allgather(out, tiled=True)
+    else:
+      out = jax.device_get(out)
     keep = np.asarray(out["mask"]) > 0
     for key, value in out.items():
       value = np.asarray(value)
@@ -170,10 +176,12 @@ def fit(train_step: Callable, eval_step: Callable, state, *,
 
   history = []
   total = None if steps_per_epoch is None else steps_per_epoch * (epochs - start_epoch)
-  bar = tqdm(total=total, desc=desc, unit="step", disable=not show_progress, dynamic_ncols=True)
+  # A bar only on a terminal, of process 0: a log file gets the runner's one line per epoch.
+  interactive = show_progress and sys.stderr.isatty() and jax.process_index() == 0
+  bar = tqdm(total=total, desc=desc, unit="step", disable=not interactive, dynamic_ncols=True)
   try:
     for epoch in range(start_epoch, epochs):
-      bar.set_description(f"{desc} epoch {epoch + 1}/{epochs}")
+      bar.set_description(f"{desc} epoch {epoch}")
       state, train_metrics, _ = train_epoch(train_step, state, train_batches(epoch),
                                             log_every=log_every, on_log=on_log, progress=bar)
       val = evaluate(eval_step, state, val_batches(), modalities)

@@ -23,9 +23,10 @@ import ast
 import zlib
 from typing import Callable, Mapping, Optional, Sequence, Union
 
-import tensorflow as tf
 
-from iib_jax import schema
+from iib_jax import quiet, schema
+
+tf = quiet.import_tensorflow()
 
 Example = dict
 Op = Callable[[Example, tf.Tensor], Example]

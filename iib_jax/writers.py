@@ -36,14 +36,20 @@ class MetricWriter:
   process left unfinished is dropped when the file is opened again.
   """
 
-  def __init__(self, workdir: str, modalities: Sequence[str], tensorboard: bool = True):
-    os.makedirs(workdir, exist_ok=True)
+  def __init__(self, workdir: str, modalities: Sequence[str], tensorboard: bool = True,
+               enabled: bool | None = None):
+    """Args: workdir; modalities (names of [M] metrics); tensorboard (mirror scalars); enabled
+    (write at all: default only on process 0 of several, so one process writes each file)."""
+    import jax
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.modalities = tuple(modalities)
     self._tb = None
     self._tb_dir = os.path.join(workdir, "tensorboard")
-    self._use_tb = tensorboard
-    self._drop_unfinished_line()
+    self._use_tb = tensorboard and self.enabled
+    if self.enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._drop_unfinished_line()
 
   def _drop_unfinished_line(self) -> None:
     if not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
@@ -57,6 +63,8 @@ class MetricWriter:
             metrics: Mapping[str, Any]) -> dict[str, Any]:
     scalars = flatten(metrics, self.modalities)
     record = {"phase": phase, "split": split, "epoch": int(epoch), "step": int(step), **scalars}
+    if not self.enabled:
+      return record
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
       f.flush()
@@ -71,7 +79,7 @@ class MetricWriter:
     before its checkpoint, so every record up to a checkpoint's epoch is on disk when the
     checkpoint is, and everything after it is dropped here and written again on resume.
     """
-    if not os.path.exists(self.path):
+    if not self.enabled or not os.path.exists(self.path):
       return
     with open(self.path) as f:
       records = [json.loads(line) for line in f if line.strip()]
@@ -89,6 +97,8 @@ class MetricWriter:
       return
     if self._tb is None:
       try:
+        from iib_jax.quiet import import_tensorflow
+        import_tensorflow()
         from flax.metrics import tensorboard
       except ImportError:                 # no TensorFlow on this host: metrics.jsonl only
         self._use_tb = False

@@ -29,4 +29,4 @@ def test_three_modalities_by_hand_and_efficiency():
 
 def test_no_contribution_has_no_shares():
   out = contribution.summary({(): 0.5, (0,): 0.5, (1,): 0.5, (0, 1): 0.5}, ("a", "b"))
-  assert np.isnan(out["share"]["a"]) and out["imbalance"] is None
+  assert out["share"]["a"] is None and out["imbalance"] is None

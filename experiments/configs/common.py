@@ -45,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
   # the bytes, less host work per clip) and normalised on the device (BENCHMARKS.md).
   config.data.frames_dtype = "float32"
   config.data.cache_dir = ""           # synthetic data cache; default ~/.cache/iib_jax
+  # Several processes: "global" (every host reads the split, takes its slices of the global
+  # batches: N processes compute what one does) or "file" (whole shards per host).
+  config.data.host_sharding = "global"
 
   config.model = ml_collections.ConfigDict()
   config.model.encoders = ml_collections.ConfigDict({"audio": "audio_cnn", "video": "resnet18"})
@@ -122,6 +125,8 @@ def validate(config: ml_collections.ConfigDict, *, check_data: bool = True) -> N
     encoder = config.model.encoders[modality]
     if encoder not in ENCODERS:
       _fail(f"model.encoders.{modality}", encoder, ", ".join(sorted(ENCODERS)))
+  if config.data.get("host_sharding", "global") not in ("global", "file"):
+    _fail("data.host_sharding", config.data.host_sharding, "global, file")
   if config.data.frames_dtype not in schema.FRAMES_DTYPES:
     _fail("data.frames_dtype", config.data.frames_dtype, ", ".join(schema.FRAMES_DTYPES))
   if config.model.dtype not in DTYPES:

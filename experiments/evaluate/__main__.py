@@ -8,7 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags, logging  # noqa: E402
 
-from experiments import build  # noqa: E402
+from experiments import build, cli  # noqa: E402
 from experiments.evaluate import evaluate_run, markdown, write  # noqa: E402
 from iib_jax import estimate  # noqa: E402
 
@@ -22,11 +22,13 @@ flags.DEFINE_list("occlusion_levels", ["0", "0.25", "0.5", "0.75", "1"],
 flags.DEFINE_integer("probe_steps", 500, "full-batch Adam steps of each linear probe")
 flags.DEFINE_float("probe_l2", 1e-4, "L2 penalty of the linear probes")
 flags.DEFINE_integer("seed", 0, "seed of the corruption noise and occlusion positions")
+cli.define_distributed_flags()
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  cli.initialize_distributed()
   args = flags.FLAGS
   if not args.workdir:
     raise app.UsageError("give at least one --workdir")

@@ -49,12 +49,13 @@ def summary(values: Mapping[tuple[int, ...], float],
   """The Shapley values, shares and imbalance degree of a coalition game, JSON-ready."""
   phi = shapley_values(values, len(modalities))
   total = float(phi.sum())
-  share = phi / total if total > 0 else np.full(len(modalities), np.nan)
+  # No share when the modalities together add nothing (JSON has no NaN: None).
+  share = [float(p / total) if total > 0 else None for p in phi]
   return {"coalitions": {"+".join(modalities[i] for i in s) or "none": float(v)
                          for s, v in values.items()},
           "shapley": dict(zip(modalities, map(float, phi))),
-          "share": dict(zip(modalities, map(float, share))),
-          "imbalance": float(np.nanmax(share) - np.nanmin(share)) if total > 0 else None}
+          "share": dict(zip(modalities, share)),
+          "imbalance": float(max(share) - min(share)) if total > 0 else None}
 
 
 def coalition_accuracies(eval_step: Callable, state, batches: Callable[[], Iterable],
