@@ -46,6 +46,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.frames_dtype = "float32"
   config.data.cache_dir = ""           # synthetic data cache; default ~/.cache/iib_jax
 
+  # Train-time modality damage (docs/DATA.md): a `preprocess.parse_damage` string such as
+  # "drop_modalities(audio=0.25, video=0.25)|noise(audio, max=2.0, p=0.5)", applied to the
+  # training batches of every phase; evaluation is never damaged. "" = none.
+  config.data.train_damage = ""
+
   config.model = ml_collections.ConfigDict()
   config.model.encoders = ml_collections.ConfigDict({"audio": "audio_cnn", "video": "resnet18"})
   config.model.encoder_size = "full"
@@ -55,6 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.gate_pool = "identity"
   config.model.detach_uncertainty = True
   config.model.detach_gate_features = False
+
+  # What the gate G reads: "features" (Eq. 8: φ = [u; Pool(z)]) or "uncertainty" (φ = [u] only).
+  config.model.gate_input = "features"
 
   config.optim = ml_collections.ConfigDict()
   config.optim.name = "adam"
@@ -115,6 +123,11 @@ def validate(config: ml_collections.ConfigDict, *, check_data: bool = True) -> N
     _fail("model.encoder_size", config.model.encoder_size, "full, tiny")
   if config.model.gate_pool not in ("identity", "mean"):
     _fail("model.gate_pool", config.model.gate_pool, "identity, mean")
+
+  if config.model.gate_input not in ("features", "uncertainty"):
+    _fail("model.gate_input", config.model.gate_input, "features, uncertainty")
+  if config.data.train_damage:
+    _check_damage(config.data.train_damage, modalities)
   if config.optim.name not in ("adam", "adamw", "sgd"):
     _fail("optim.name", config.optim.name, "adam, adamw, sgd")
   for key in ("optim.learning_rate", "optim.batch_size", "optim.epochs", "iib.epochs",
@@ -131,6 +144,18 @@ def validate(config: ml_collections.ConfigDict, *, check_data: bool = True) -> N
   if check_data and config.data.dir and not _is_prepared(config.data.dir):
     _fail("data.dir", config.data.dir, "a directory holding a prepared dataset "
           "(made by python -m data_prep.<dataset> --out_dir ...), or empty for the synthetic demo")
+
+
+def _check_damage(spec, modalities) -> None:
+  """data.train_damage parses and names only the run's modalities (TensorFlow is imported only
+  for a non-empty spec)."""
+  if not isinstance(spec, str):
+    _fail("data.train_damage", spec, "a damage string (docs/DATA.md), or '' for none")
+  from iib_jax import preprocess
+  try:
+    preprocess.parse_damage(spec, list(modalities))
+  except ValueError as e:
+    _fail("data.train_damage", spec, f"a damage string of the run's modalities ({e})")
 
 
 def missing_key(config: ml_collections.ConfigDict, key: str) -> str | None:
