@@ -125,7 +125,8 @@ class Data:
     c = config.data
     self.pipeline = dict(modalities={m: m for m in config.modalities}, num_frames=c.num_frames,
                          image_size=c.image_size, audio_frames=c.audio_frames,
-                         audio_norm=c.audio_norm, frames_dtype=c.get("frames_dtype", "float32"))
+                         audio_norm=c.audio_norm, frames_dtype=c.get("frames_dtype", "float32"),
+                         damage=data_lib.checked_damage(c.get("train_damage"), config.modalities))
 
   def num_examples(self, split: str) -> int:
     return int(self.info["splits"][split])
