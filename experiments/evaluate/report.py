@@ -56,6 +56,7 @@ def markdown(evaluations: Sequence[Mapping[str, Any]], labels: Sequence[str],
   """Tables of probes, missing modalities and corruption curves for one or several runs
   (with `stds`, from `over_seeds`: 'mean ± std' cells)."""
   modalities = evaluations[0]["modalities"]
+  split = evaluations[0].get("split", "test")
   stds = stds or [None] * len(evaluations)
 
   def at(std, *path):
@@ -65,7 +66,7 @@ def markdown(evaluations: Sequence[Mapping[str, Any]], labels: Sequence[str],
       std = std[key]
     return std
 
-  lines = ["## Linear probes on frozen encoder features (test accuracy, %)", "",
+  lines = [f"## Linear probes on frozen encoder features ({split} accuracy, %)", "",
            "| Run | " + " | ".join(f"probe {m} | readout {m}" for m in modalities) + " |",
            "|" + "---|" * (1 + 2 * len(modalities))]
   for e, label, sd in zip(evaluations, labels, stds):
@@ -76,7 +77,8 @@ def markdown(evaluations: Sequence[Mapping[str, Any]], labels: Sequence[str],
                 _pct(e["linear_probe"][m]["readout_test_acc"],
                      at(sd, "linear_probe", m, "readout_test_acc"))]
     lines.append("| " + " | ".join(cells) + " |")
-  lines += ["", "## One modality removed (input zeroed): test accuracy of the fused prediction (%)",
+  lines += ["", f"## One modality removed (input zeroed): {split} accuracy of the fused "
+            "prediction (%)",
             "", "| Run | all | " + " | ".join(f"without {m}" for m in modalities) + " |",
             "|" + "---|" * (2 + len(modalities))]
   for e, label, sd in zip(evaluations, labels, stds):
@@ -89,7 +91,7 @@ def markdown(evaluations: Sequence[Mapping[str, Any]], labels: Sequence[str],
     kind, modality = curve.split(":")
     what = ("Gaussian noise (std, × clean input std)" if kind == "noise"
             else "occlusion (square side, fraction of the frame)")
-    lines += ["", f"## {modality}: {what} — fused test accuracy (%) [mean fusion weights]", "",
+    lines += ["", f"## {modality}: {what} — fused {split} accuracy (%) [mean fusion weights]", "",
               "| Run | " + " | ".join(f"{level:g}" for level in levels) + " |",
               "|" + "---|" * (1 + len(levels))]
     for e, label, sd in zip(evaluations, labels, stds):
@@ -229,7 +231,7 @@ def robustness_figure(evaluations, labels, path: str, stds=None) -> str:
           draw(axes[1, col], f"weight_{m}", 1, styles[j % len(styles)], f"{label}: w_{m}")
     xlabel = ("noise std (× clean std)" if kind == "noise" else "occluded square side")
     axes[0, col].set_title(f"{kind} on {modality}")
-    axes[0, col].set_ylabel("fused test accuracy (%)")
+    axes[0, col].set_ylabel(f"fused {evaluations[0].get('split', 'test')} accuracy (%)")
     axes[-1, col].set_xlabel(xlabel)
     for row in range(rows):
       axes[row, col].grid(alpha=0.3)
@@ -264,11 +266,12 @@ def probes_figure(evaluations, labels, path: str) -> str:
                                                  for m in modalities]
     axes[1].bar(np.arange(len(removed)) + offset, removed, width * 0.9, label=label)
   axes[0].set_xticks(x, modalities)
-  axes[0].set_ylabel("test accuracy (%)")
+  split = evaluations[0].get("split", "test")
+  axes[0].set_ylabel(f"{split} accuracy (%)")
   axes[0].set_title("frozen encoder features: linear probe")
   axes[1].set_xticks(np.arange(len(modalities) + 1),
                      ["all"] + [f"without {m}" for m in modalities])
-  axes[1].set_ylabel("fused test accuracy (%)")
+  axes[1].set_ylabel(f"fused {split} accuracy (%)")
   axes[1].set_title("one modality removed")
   for ax in axes:
     ax.set_ylim(0, 105)
