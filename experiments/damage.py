@@ -1,5 +1,5 @@
-"""Train-time modality damage: IIBalance, joint training and two baselines, trained without and
-with it, over seeds.
+"""Train-time modality damage: the methods of `sweeps.DAMAGE_METHODS` (the studied method, joint
+training and two baselines), trained without and with it, over seeds.
 
   python -m experiments.damage --seeds=3 --root=runs/damage
 

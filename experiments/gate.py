@@ -1,13 +1,14 @@
-"""Measures the readings of IIBalance's gated fusion (Eqs. 8–9, 11) on validation.
+"""Measures the readings of the gated fusion (Eqs. 8–9, 11) on validation.
 
   python -m experiments.gate --seeds=3 --root=runs/gate
 
-On the synthetic dataset (or --config.data.dir=...): today's default against one change each
-(`experiments/configs/sweeps.py: gate`): Pool = channel mean in Eq. 8 (`model.gate_pool=mean`), a
-gate that reads only the uncertainties (`model.gate_input=uncertainty`), no gradient from the
-gate into the encoders (`model.detach_gate_features=True`), no gradient into w through Eq. 11's
-auxiliary term (`methods.iibalance.detach_weights_in_aux=True`); each variant over several seeds,
-sharing each seed's unimodal phase. The winner is the variant with the highest mean validation
+On the synthetic dataset (or --config.data.dir=...), for the method `sweeps.gate()` names:
+today's default against one change each (`experiments/configs/sweeps.py: gate`): Pool = channel
+mean in Eq. 8 (`model.gate_pool=mean`), a gate that reads only the uncertainties
+(`model.gate_input=uncertainty`), no gradient from the gate into the encoders
+(`model.detach_gate_features=True`), no gradient into w through Eq. 11's auxiliary term (the
+method's `detach_weights_in_aux=True`); each variant over several seeds, sharing each seed's
+unimodal phase. The winner is the variant with the highest mean validation
 Acc_m (the best epoch's, chosen on validation); the test accuracies are reported beside it, never
 used. Writes `<root>/gate.md` and `<root>/gate.json`.
 
