@@ -6,6 +6,9 @@ Per step (one forward pass):
   total     L    = λ(t) L_I + (1 − λ(t)) L_II,  λ(t) = λ_start (1 − t/T)          (Eqs. 12–13)
 then the anchor prototypes take an EMA step towards this batch's class means (Eq. 3).
 β, λ_m and the anchor are arrays in the method state: checkpointed, and a new β never recompiles.
+With train-time damage (the batch's `present`, docs/DATA.md) each modality's own terms (its CE,
+its PRA, the anchor's prototypes, its share of the γ sum) leave out the examples where it was
+removed; the fused CE keeps them.
 """
 from __future__ import annotations
 
