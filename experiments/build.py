@@ -193,7 +193,9 @@ class Data:
       self.pipeline = dict(modalities=keys, num_frames=c.num_frames, image_size=c.image_size,
                            audio_frames=c.audio_frames, audio_norm=c.audio_norm,
                            frames_dtype=c.get("frames_dtype", "float32"),
-                           host_sharding=c.get("host_sharding", "global"))
+                           host_sharding=c.get("host_sharding", "global"),
+                           damage=data_lib.checked_damage(c.get("train_damage"),
+                                                          config.modalities))
     self.num_classes = int(self.info["num_classes"])
 
   def num_examples(self, split: str) -> int:

@@ -45,6 +45,13 @@ def run_variants(config: ml_collections.ConfigDict, variants: Mapping[str, Mappi
   if not config.data.dir:
     config = runner.synthetic_demo(config)
   results: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+  for name, o in variants.items():
+    data_keys = sorted(k for k in o if k.startswith("data."))
+    if data_keys:
+      # A seed's data pipeline and unimodal phase are shared by its variants.
+      raise ValueError(f"invalid config: variant {name!r} overrides {', '.join(data_keys)}; "
+                       "accepted: variants of one data configuration (run another sweep, with "
+                       "its own root, for other data)")
   variant_configs = {name: override(config, o) for name, o in variants.items()}
   for c in variant_configs.values():
     common.validate(c)

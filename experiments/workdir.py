@@ -106,9 +106,19 @@ def fingerprint(config, info: Mapping[str, Any], scope: str) -> dict[str, Any]:
           "code": {"version": iib_jax.__version__, "commit": _code_commit()}}
 
 
+def _defaults() -> dict[str, Any]:
+  from experiments.configs import common
+  return _flatten(common.base_config().to_dict())
+
+
 def _differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
   lines = []
-  old, new = recorded.get("config", {}), current["config"]
+  old, new = dict(recorded.get("config", {})), current["config"]
+  # A key the config gained since the run was made, at its default, changes nothing the run did.
+  defaults = _defaults()
+  for key in set(new) - set(old):
+    if key in defaults and new[key] == defaults[key]:
+      old[key] = new[key]
   for key in sorted(set(old) | set(new)):
     if old.get(key, "<absent>") != new.get(key, "<absent>"):
       lines.append(f"{key}: {old.get(key, '<absent>')!r} recorded, {new.get(key, '<absent>')!r} "

@@ -26,7 +26,8 @@ def dataset_info(data_dir: str) -> dict[str, Any]:
 
 
 # MultimodalModel fields set from config.model (the rest come from the method's `model`).
-MODEL_FIELDS = ("gate_hidden", "gate_pool", "detach_uncertainty", "detach_gate_features")
+MODEL_FIELDS = ("gate_hidden", "gate_pool", "gate_input", "detach_uncertainty",
+                "detach_gate_features")
 
 
 def method_spec(config, num_classes: int, steps_per_epoch: int, epochs: int | None = None,
@@ -68,7 +69,8 @@ def method(config, name: str, spec: methods.MethodSpec) -> methods.Method:
 
 def model(config, num_classes: int, method_: methods.Method) -> MultimodalModel:
   """The multimodal model of the run, with the method's own model fields."""
-  fields = {k: config.model[k] for k in MODEL_FIELDS}
+  # A run made before a field existed (its config.json lacks it) gets the model's default.
+  fields = {k: config.model[k] for k in MODEL_FIELDS if k in config.model}
   fields.update(method_.model)
   return build_model(tuple(config.modalities), dict(config.model.encoders), num_classes,
                      feature_dim=config.model.feature_dim, encoder_size=config.model.encoder_size,

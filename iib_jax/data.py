@@ -50,7 +50,7 @@ except (RuntimeError, ValueError):  # already initialised by the caller: leave i
 AUTOTUNE = tf.data.AUTOTUNE
 FRAMES_DTYPES = schema.FRAMES_DTYPES
 __all__ = ["load_info", "make_dataset", "make_tf_dataset", "num_batches", "host_files",
-           "audio_normalization", "Batches", "verify_dataset", "DatasetError"]
+           "audio_normalization", "Batches", "verify_dataset", "DatasetError", "checked_damage"]
 
 _log = logging.getLogger(__name__)
 # What a user does about a shard that is not as recorded.
@@ -578,6 +578,24 @@ class Batches:
       raise self._fail(f"yielded {batches} batches, expected {self._length}")
     if self._num_examples is not None and examples != self._num_examples:
       raise self._fail(f"yielded {examples} examples, the metadata records {self._num_examples}")
+
+
+def checked_damage(spec: Optional[str], modalities: Sequence[str],
+                   key: str = "data.train_damage") -> str:
+  """`spec` itself once `preprocess.parse_damage` accepts it for these batch keys.
+
+  For the commands, which build their pipeline options once: a bad damage string stops them
+  before any training, naming the config key.
+
+  Raises:
+    ValueError: `invalid config: <key>=<spec>; <the parser's reason>`.
+  """
+  spec = spec or ""
+  try:
+    preprocess.parse_damage(spec, list(modalities))
+  except ValueError as e:
+    raise ValueError(f"invalid config: {key}={spec!r}; {e}") from None
+  return spec
 
 
 def make_dataset(data_dir: str, split: str, *, batch_size: int, train: bool,

@@ -1,8 +1,9 @@
 """Uncertainty-aware gated fusion (Eqs. 7–10).
 
 α_m = β_m · exp(−u_m) · σ(G_m(φ)),  w = α / Σ_k α_k,  Z = Σ_m w_m z_m,
-with φ = [u_1..u_M; Pool(z_1)..Pool(z_M)] the gate input. log α is the sum of three terms
-(`log_alpha_terms`): the prior log β_m, the uncertainty −u_m and the gate log σ(G_m).
+with φ = [u_1..u_M; Pool(z_1)..Pool(z_M)] the gate input (or [u_1..u_M] alone, an option). log α
+is the sum of three terms (`log_alpha_terms`): the prior log β_m, the uncertainty −u_m and the
+gate log σ(G_m).
 """
 from __future__ import annotations
 
@@ -33,27 +34,35 @@ class Gate(nn.Module):
     return dense(self.num_modalities, "out")(x).astype(jnp.float32)
 
 
+GATE_INPUTS = ("features", "uncertainty")
+GATE_POOLS = ("identity", "mean")
+
+
 def gate_input(uncertainty: jax.Array, feats: Sequence[jax.Array] | jax.Array,
-               pool: str = "identity") -> jax.Array:
-  """φ = [u_1..u_M; Pool(z_1)..Pool(z_M)] (Eq. 8).
+               pool: str = "identity", inputs: str = "features") -> jax.Array:
+  """φ = [u_1..u_M; Pool(z_1)..Pool(z_M)] (Eq. 8), or φ = [u_1..u_M] alone.
 
   Args:
     uncertainty: [B, M] per-sample normalised entropies u_m.
     feats: M arrays [B, d] (or one [M, B, d] array) of pooled modality features.
     pool: "identity" (z_m is already globally pooled, so Pool is the identity; d_p = d) or
       "mean" (mean over channels; d_p = 1). FIDELITY: Pool in Eq. 8.
+    inputs: "features" (Eq. 8: the uncertainties and the pooled features) or "uncertainty"
+      (the uncertainties only: a gate that cannot read the features, so nothing outside the
+      training distribution of z reaches it except through u). FIDELITY: gate input.
 
   Returns:
-    [B, M + M·d_p] gate input.
+    [B, M + M·d_p] gate input ([B, M] for inputs="uncertainty").
   """
-  feats = [jnp.asarray(z) for z in feats]
-  if pool == "identity":
-    pooled = feats
-  elif pool == "mean":
-    pooled = [z.mean(-1, keepdims=True) for z in feats]
-  else:
+  if pool not in GATE_POOLS:
     raise ValueError(f"gate pool must be 'identity' or 'mean', got {pool!r}")
-  dtype = pooled[0].dtype
+  if inputs not in GATE_INPUTS:
+    raise ValueError(f"gate input must be 'features' or 'uncertainty', got {inputs!r}")
+  feats = [jnp.asarray(z) for z in feats]
+  dtype = feats[0].dtype
+  if inputs == "uncertainty":
+    return uncertainty.astype(dtype)
+  pooled = feats if pool == "identity" else [z.mean(-1, keepdims=True) for z in feats]
   return jnp.concatenate([uncertainty.astype(dtype)] + pooled, axis=-1)
 
 

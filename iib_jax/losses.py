@@ -15,16 +15,18 @@ def masked_mean(values: jax.Array, mask: jax.Array | None = None) -> jax.Array:
 
   Args:
     values: [..., B] per-example values.
-    mask: optional [B] weights (1 real, 0 padding).
+    mask: optional [B] weights (1 real, 0 padding), the same for every leading index; or weights
+      of their own per leading index, e.g. [M, B] for values [M, B] (each modality's examples:
+      `iib_jax.methods.base.modality_mask`), each row normalised by its own count.
 
   Returns:
-    [...] means.
+    [...] means (0 where no entry counts).
   """
   values = jnp.asarray(values, jnp.float32)
   if mask is None:
     return values.mean(-1)
   mask = jnp.asarray(mask, jnp.float32)
-  return (values * mask).sum(-1) / jnp.maximum(mask.sum(), 1.0)
+  return (values * mask).sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -51,7 +53,8 @@ def stage_one(unimodal_logits: jax.Array, labels: jax.Array, pra_losses: jax.Arr
     labels: [B].
     pra_losses: [M] PRA loss of each modality (the anchor's entry is ignored through λ = 0).
     strength: [M] alignment strengths λ_m, zero for the anchor.
-    mask: optional [B].
+    mask: optional [B], or [M, B] for examples that count for some modalities only (a modality
+      removed by train-time damage: its head cannot learn from a zeroed input).
 
   Returns:
     scalar loss.
@@ -62,7 +65,7 @@ def stage_one(unimodal_logits: jax.Array, labels: jax.Array, pra_losses: jax.Arr
 
 def stage_two(fused_logits: jax.Array, unimodal_logits: jax.Array, weights: jax.Array,
               labels: jax.Array, gamma: float, mask: jax.Array | None = None,
-              detach_weights: bool = True) -> jax.Array:
+              detach_weights: bool = True, present: jax.Array | None = None) -> jax.Array:
   """L_II = mean_i CE(f_fuse(Z), y) + γ mean_i Σ_m w_m CE(f_m(z_m), y) (Eq. 11).
 
   Args:
@@ -74,6 +77,8 @@ def stage_two(fused_logits: jax.Array, unimodal_logits: jax.Array, weights: jax.
     mask: optional [B].
     detach_weights: stop the auxiliary term's gradient into w, so the gate cannot lower it by
       moving weight to whichever modality is already fitted (FIDELITY: gradient through w).
+    present: optional [M, B], 0 where train-time damage removed modality m of example i: that
+      term of the auxiliary sum is left out (the example's fused term still counts).
 
   Returns:
     scalar loss.
@@ -82,7 +87,10 @@ def stage_two(fused_logits: jax.Array, unimodal_logits: jax.Array, weights: jax.
   if detach_weights:
     weights = jax.lax.stop_gradient(weights)
   fused = masked_mean(cross_entropy(fused_logits, labels), mask)
-  weighted = (weights.T * cross_entropy(unimodal_logits, labels)).sum(0)   # [B]
+  unimodal = cross_entropy(unimodal_logits, labels)                         # [M, B]
+  if present is not None:
+    unimodal = unimodal * jnp.asarray(present, jnp.float32)
+  weighted = (weights.T * unimodal).sum(0)                                  # [B]
   return fused + gamma * masked_mean(weighted, mask)
 
 

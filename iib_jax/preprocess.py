@@ -373,8 +373,9 @@ def normalize_audio(mean: float = 0.0, std: float = 1.0) -> Op:
 # removed modality: exact 0.0 for float32 inputs (ImageNet-normalised frames, audio features).
 # uint8 frames are normalised on the device, where 0.0 is the grey 255 · ImageNet mean, which
 # uint8 cannot hold: they get the nearest grey (124, 116, 104), within 0.0082 of 0.0 once
-# normalised (less than the uint8 pipeline's half grey level, 0.0088), unless the device
-# multiplies its normalised input by 'present'.
+# normalised (less than the uint8 pipeline's half grey level, 0.0088); the model multiplies its
+# normalised input by 'present' (`iib_jax.models.multimodal.Branch`), so a dropped modality is
+# exactly 0.0 on the device (occluded uint8 pixels stay the nearest grey).
 
 DROP = "drop"   # stage of drop_modalities: `apply_damage` runs it after every other damage op
 

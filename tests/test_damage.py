@@ -304,3 +304,80 @@ def test_frames_dtype_uint8_pipeline_drops_to_the_zero_grey(data_dir):
   np.testing.assert_array_equal(frames[dropped], np.broadcast_to(
       np.array([124, 116, 104], np.uint8), frames[dropped].shape))
   assert np.all(present[:, 1:] == 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiments' key: config.data.train_damage, read by experiments.build.Data.
+
+
+def smoke_config(data_dir, damage=""):
+  from experiments.configs import common
+  config = common.apply_preset(common.base_config(), "smoke")
+  config.data.name = "synthetic"
+  config.data.dir = data_dir
+  config.data.train_damage = damage
+  return config
+
+
+def test_config_train_damage_reaches_the_training_batches_and_never_evaluation(data_dir):
+  from experiments import build
+  from experiments.configs import common
+  assert common.base_config().data.train_damage == ""
+  devices = build.Devices()
+  config = smoke_config(data_dir, "drop_modalities(video=0.5)|noise(audio, max=1.0, p=0.5)")
+  common.validate(config)
+  damaged = build.Data(config, data_dir, devices)
+  clean = build.Data(smoke_config(data_dir), data_dir, devices)
+  batches = list(damaged.host_batches("train", train=True, seed=0, epoch=0))
+  present = np.concatenate([b["present"] for b in batches])            # [N, M] in config order
+  assert present.shape[1] == 2 and config.modalities == ("audio", "video")
+  assert (present[:, 1] == 0).any() and (present[:, 1] == 1).any() and np.all(present[:, 0] == 1)
+  video = np.concatenate([b["video"] for b in batches])
+  assert not video[present[:, 1] == 0].any()                           # removed: exactly zero
+  assert all("present" not in b for b in clean.host_batches("train", train=True, seed=0, epoch=0))
+  for split in ("validation", "test"):
+    for d, c in zip(damaged.host_batches(split, train=False), clean.host_batches(split, train=False)):
+      assert "present" not in d
+      for key in ("audio", "video", "label", "mask"):
+        np.testing.assert_array_equal(d[key], c[key])
+
+
+def test_a_bad_train_damage_stops_before_any_compute_naming_the_key(data_dir):
+  from experiments import build
+  from experiments.configs import common
+  config = smoke_config(data_dir, "drop_modalities(visual=0.5)")
+  for check in (common.validate, lambda c: build.Data(c, data_dir, build.Devices())):
+    with pytest.raises(ValueError, match=r"invalid config: data\.train_damage="
+                                         r"'drop_modalities\(visual=0\.5\)'.*unknown modality"):
+      check(config)
+  config.data.train_damage = "blur(video)"
+  with pytest.raises(ValueError, match=r"data\.train_damage=.*unknown damage op 'blur'"):
+    common.validate(config)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a method's own terms make of `present` (iib_jax/methods/base.modality_mask).
+
+
+def test_gblending_unimodal_branches_leave_out_removed_examples_the_fused_branch_keeps_them():
+  import jax.numpy as jnp
+  from iib_jax import methods
+  rng = np.random.default_rng(0)
+  spec = methods.MethodSpec(("audio", "video", "aux"), 4, 6, 10, 2)
+  method = methods.get_method("gblending", {}, spec)
+  logits = rng.normal(size=(3, 6, 4)).astype(np.float32)
+  fused = rng.normal(size=(6, 4)).astype(np.float32)
+  labels = rng.integers(0, 4, 6)
+  present = np.ones((6, 3), np.float32)
+  present[[0, 4], 1] = 0.0
+  batch = {"label": jnp.asarray(labels), "present": jnp.asarray(present)}
+  _, aux = method.loss({"logits": logits, "fused_logits": fused}, batch, method.init_state(),
+                       jnp.int32(0))
+
+  def ce(z, y):   # numpy reference
+    z = z - z.max(-1, keepdims=True)
+    return -(z - np.log(np.exp(z).sum(-1, keepdims=True)))[np.arange(len(y)), y]
+
+  want = [ce(logits[m][present[:, m] > 0], labels[present[:, m] > 0]).mean() for m in range(3)]
+  want.append(ce(fused, labels).mean())
+  np.testing.assert_allclose(aux["metrics"]["ce_branch"], want, rtol=1e-5)

@@ -302,3 +302,37 @@ def test_uint8_frames_are_normalised_on_the_device_like_the_host_pipeline():
   assert not np.allclose(  # the raw grey levels would give other features
       model.apply(variables, {"audio": audio, "video": frames.astype(np.float32)},
                   train=False)["features"], on_host["features"], atol=1e-3)
+
+
+def test_present_makes_a_removed_modality_exactly_the_zero_input_for_uint8_frames_too():
+  # Train-time damage (docs/DATA.md) marks a removed modality 0 in `present` [B, M]; the pipeline
+  # can only give uint8 frames the grey nearest the ImageNet mean (124, 116, 104), 0.008 from the
+  # normalised 0.0. The model multiplies each normalised input by its column of `present`.
+  from iib_jax.models import build_model
+  from tests import helpers
+  model = build_model(helpers.MODALITIES, helpers.ENCODERS, 3, feature_dim=16,
+                      encoder_size="tiny")
+  rng = np.random.default_rng(1)
+  frames = rng.integers(0, 256, (4, 2, 16, 16, 3)).astype(np.uint8)
+  frames[1] = np.array([124, 116, 104], np.uint8)            # video removed from example 1
+  audio = rng.normal(size=(4, 40, 16)).astype(np.float32)
+  aux = rng.normal(size=(4, 40, 16)).astype(np.float32)
+  aux[2] = 0.0                                               # aux removed from example 2
+  present = np.ones((4, 3), np.float32)
+  present[1, 1] = present[2, 2] = 0.0                        # columns: audio, video, aux
+  # numpy reference: the normalised frames with example 1 exactly zero, no `present`.
+  mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+  normalised = ((frames / 255.0 - mean) / std).astype(np.float32)
+  normalised[1] = 0.0
+  reference = {"audio": audio, "video": normalised, "aux": aux}
+  variables = model.init(jax.random.PRNGKey(0), reference, train=False)
+  damaged = {"audio": audio, "video": jnp.asarray(frames), "aux": aux, "present": present}
+  got = model.apply(variables, damaged, train=False)
+  want = model.apply(variables, reference, train=False)
+  np.testing.assert_allclose(got["features"], want["features"], rtol=0, atol=1e-5)
+  np.testing.assert_allclose(got["logits"], want["logits"], rtol=0, atol=1e-5)
+  # Without `present`, the grey of example 1 is not the zero input.
+  grey = model.apply(variables, {k: v for k, v in damaged.items() if k != "present"},
+                     train=False)
+  assert np.abs(np.asarray(grey["features"][1, 1]) - np.asarray(want["features"][1, 1])).max() > 0
+  np.testing.assert_allclose(grey["features"][1, 0], want["features"][1, 0], rtol=0, atol=1e-5)

@@ -123,3 +123,25 @@ def test_masked_mean():
   v = np.array([1.0, 2.0, 3.0, 4.0])
   assert float(losses.masked_mean(v, np.array([1, 0, 1, 0]))) == pytest.approx(2.0)
   assert float(losses.masked_mean(v)) == pytest.approx(2.5)
+
+
+def test_masked_mean_with_a_mask_per_leading_index_normalises_each_row_by_its_own_count():
+  v = np.array([[1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0], [5.0, 6.0, 7.0, 8.0]])
+  mask = np.array([[1, 0, 1, 0], [0, 1, 1, 1], [0, 0, 0, 0]], np.float32)
+  # By hand: (1 + 3) / 2, (20 + 30 + 40) / 3, and 0 for a row where nothing counts.
+  np.testing.assert_allclose(losses.masked_mean(v, mask), [2.0, 30.0, 0.0], rtol=1e-6)
+  # One [B] mask is still shared by every row.
+  np.testing.assert_allclose(losses.masked_mean(v, mask[0]), [2.0, 20.0, 6.0], rtol=1e-6)
+
+
+def test_stage_two_leaves_removed_modalities_out_of_the_auxiliary_sum_only():
+  fused = RNG.normal(size=(B, C))
+  logits = RNG.normal(size=(M, B, C))
+  labels = RNG.integers(0, C, B)
+  w = RNG.dirichlet(np.ones(M), size=B)
+  present = np.ones((M, B), np.float32)
+  present[0, [1, 4]] = present[2, 0] = 0.0
+  ce_m = np.stack([ref_ce(logits[m], labels) for m in range(M)], 1)     # [B, M]
+  want = ref_ce(fused, labels).mean() + 0.5 * (w * ce_m * present.T).sum(1).mean()
+  np.testing.assert_allclose(losses.stage_two(fused, logits, w, labels, 0.5, present=present),
+                             want, rtol=1e-5)

@@ -120,3 +120,76 @@ def test_fixed_rules_put_log_w_in_the_prior_term_and_zero_elsewhere(rule):
   alpha = np.exp(summed)
   np.testing.assert_allclose(alpha / alpha.sum(1, keepdims=True), out["weights"], rtol=0,
                              atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# model.gate_input = "uncertainty": φ = [u] only.
+
+
+def test_gate_input_uncertainty_is_u_alone():
+  rng = np.random.default_rng(2)
+  u = rng.random((4, 3)).astype(np.float32)
+  z = [rng.normal(size=(4, 5)).astype(np.float32) for _ in range(3)]
+  for pool in ("identity", "mean"):
+    np.testing.assert_array_equal(fusion.gate_input(u, z, pool, inputs="uncertainty"), u)
+  with pytest.raises(ValueError, match="gate input"):
+    fusion.gate_input(u, z, inputs="logits")
+
+
+@pytest.fixture(scope="module")
+def uncertainty_gate():
+  """A GatedFusion whose gate reads only u, applied to two feature sets with the same unimodal
+  logits (so the same u); one jitted apply, traced once."""
+  rng = np.random.default_rng(3)
+  feats = rng.normal(size=(2, 3, 4, 8)).astype(np.float32)           # two sets of [M, B, d]
+  logits = rng.normal(size=(3, 4, 5)).astype(np.float32)
+  module = GatedFusion(num_classes=5, gate_hidden=6, gate_input="uncertainty")
+  variables = module.init(jax.random.PRNGKey(0), feats[0], logits, BETA)
+  apply = jax.jit(lambda f: module.apply(variables, f, logits, BETA))
+  return [jax.device_get(apply(f)) for f in feats], jax.device_get(variables["params"]), logits
+
+
+def test_uncertainty_gate_has_an_m_wide_input_and_ignores_the_features(uncertainty_gate):
+  (first, second), params, logits = uncertainty_gate
+  gate = params["gate"]
+  assert gate["hidden"]["kernel"].shape == (3, 6) and gate["out"]["kernel"].shape == (6, 3)
+  for key in ("gate_logits", "weights") + TERM_KEYS:
+    assert first[key].shape == (4, 3)
+    np.testing.assert_array_equal(first[key], second[key])          # independent of z for fixed u
+  assert not np.allclose(first["fused_logits"], second["fused_logits"])   # Z still reads z
+  # numpy reference: G(u) with φ = u (Eq. 8 without the pooled features).
+  u = ref_normalized_entropy_from_logits(logits).T
+  hidden = np.maximum(u @ np.asarray(gate["hidden"]["kernel"], np.float64)
+                      + np.asarray(gate["hidden"]["bias"]), 0)
+  g = hidden @ np.asarray(gate["out"]["kernel"], np.float64) + np.asarray(gate["out"]["bias"])
+  np.testing.assert_allclose(first["gate_logits"], g, rtol=0, atol=1e-5)
+  alpha = BETA[None].astype(np.float64) * np.exp(-u) / (1 + np.exp(-g))
+  np.testing.assert_allclose(first["weights"], alpha / alpha.sum(1, keepdims=True), rtol=0,
+                             atol=1e-6)
+
+
+def test_gate_input_is_a_validated_config_key():
+  from experiments.configs import common
+  config = common.base_config()
+  config.data.name = "synthetic"
+  assert config.model.gate_input == "features"
+  config.model.gate_input = "uncertainty"
+  common.validate(config, check_data=False)
+  config.model.gate_input = "logits"
+  with pytest.raises(ValueError, match=r"model\.gate_input='logits'; accepted: features, "
+                                       r"uncertainty"):
+    common.validate(config, check_data=False)
+
+
+def test_run_config_sets_the_gate_input_and_an_older_config_gets_the_default():
+  from experiments.configs import common
+  from iib_jax import build as lib_build, methods
+  method = methods.Method(name="gated", init_state=methods.base.no_state,
+                          model={"fusion": "gated"})
+  config = common.base_config()
+  config.model.gate_input = "uncertainty"
+  assert lib_build.model(config, 3, method).gate_input == "uncertainty"
+  older = config.to_dict()
+  del older["model"]["gate_input"]                 # a config.json written before the key existed
+  import ml_collections
+  assert lib_build.model(ml_collections.ConfigDict(older), 3, method).gate_input == "features"

@@ -49,6 +49,11 @@ def base_config() -> ml_collections.ConfigDict:
   # batches: N processes compute what one does) or "file" (whole shards per host).
   config.data.host_sharding = "global"
 
+  # Train-time modality damage (docs/DATA.md): a `preprocess.parse_damage` string such as
+  # "drop_modalities(audio=0.25, video=0.25)|noise(audio, max=2.0, p=0.5)", applied to the
+  # training batches of every phase; evaluation is never damaged. "" = none.
+  config.data.train_damage = ""
+
   config.model = ml_collections.ConfigDict()
   config.model.encoders = ml_collections.ConfigDict({"audio": "audio_cnn", "video": "resnet18"})
   config.model.encoder_size = "full"
@@ -74,6 +79,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.paper_optim.learning_rate = 1e-3
   config.paper_optim.weight_decay = 1e-4
   config.paper_optim.momentum = 0.9
+  # What the gate G reads: "features" (Eq. 8: φ = [u; Pool(z)]) or "uncertainty" (φ = [u] only).
+  config.model.gate_input = "features"
 
   config.optim = ml_collections.ConfigDict()
   config.optim.name = "adam"
@@ -144,6 +151,10 @@ def validate(config: ml_collections.ConfigDict, *, check_data: bool = True) -> N
     _fail("start", config.start, "fresh, warm")
   if config.optimizer not in ("shared", "paper"):
     _fail("optimizer", config.optimizer, "shared, paper")
+  if config.model.gate_input not in ("features", "uncertainty"):
+    _fail("model.gate_input", config.model.gate_input, "features, uncertainty")
+  if config.data.train_damage:
+    _check_damage(config.data.train_damage, modalities)
   for key in ("optim.learning_rate", "optim.batch_size", "optim.epochs", "iib.epochs",
               "eval.batch_size", "data.num_frames", "data.image_size", "data.audio_frames"):
     section, name = key.split(".")
@@ -158,6 +169,18 @@ def validate(config: ml_collections.ConfigDict, *, check_data: bool = True) -> N
   if check_data and config.data.dir and not _is_prepared(config.data.dir):
     _fail("data.dir", config.data.dir, "a directory holding a prepared dataset "
           "(made by python -m data_prep.<dataset> --out_dir ...), or empty for the synthetic demo")
+
+
+def _check_damage(spec, modalities) -> None:
+  """data.train_damage parses and names only the run's modalities (TensorFlow is imported only
+  for a non-empty spec)."""
+  if not isinstance(spec, str):
+    _fail("data.train_damage", spec, "a damage string (docs/DATA.md), or '' for none")
+  from iib_jax import preprocess
+  try:
+    preprocess.parse_damage(spec, list(modalities))
+  except ValueError as e:
+    _fail("data.train_damage", spec, f"a damage string of the run's modalities ({e})")
 
 
 def missing_key(config: ml_collections.ConfigDict, key: str) -> str | None:

@@ -61,11 +61,12 @@ def linear_probe(z_train, y_train, z_test, y_test, num_classes: int, steps: int 
   return {"train_acc": accuracy(z_train, y_train), "test_acc": accuracy(z_test, y_test)}
 
 
-def probe_run(run: build.TrainedRun, steps: int = 500, l2: float = 1e-4) -> dict:
+def probe_run(run: build.TrainedRun, steps: int = 500, l2: float = 1e-4,
+              split: str = "test") -> dict:
   """Each modality's linear probe on `run`'s frozen features: train on the training split, test
-  on the test split."""
+  on `split` (the test split unless a selection reads validation)."""
   z_train, y_train = build.collect_features(run.outputs_step, run.state, run.data.eval("train"))
-  z_test, y_test = build.collect_features(run.outputs_step, run.state, run.data.eval("test"))
+  z_test, y_test = build.collect_features(run.outputs_step, run.state, run.data.eval(split))
   probes = {m: linear_probe(z_train[:, i], y_train, z_test[:, i], y_test, run.data.num_classes,
                             steps, l2) for i, m in enumerate(run.modalities)}
   return {"probes": probes, "train_examples": int(len(y_train))}

@@ -1,4 +1,5 @@
-"""Reports of evaluations: markdown tables, the robustness and probe figures, means over seeds."""
+"""Reports of evaluations: markdown tables, the robustness, decomposition and probe figures,
+means over seeds, the robustness table."""
 from __future__ import annotations
 
 import os
@@ -7,7 +8,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from experiments import plots, report as provenance
+from experiments.evaluate import table as table_lib
+from experiments.evaluate.robustness import TERMS
 from iib_jax import estimate
+
+# What each term of log α is (Eq. 9).
+TERM_NAMES = {"prior": "log β_m", "uncertainty": "−u_m", "gate": "log σ(G_m)"}
 
 
 def _pct(x, std=None) -> str:
@@ -33,11 +39,10 @@ def _combine(values: Sequence[Any], fn) -> Any:
 
 def over_seeds(evaluations: Sequence[Mapping[str, Any]]
                ) -> tuple[list[dict], list[dict], list[str]]:
-  """Per method (in order of first appearance): the mean and the sample std over its runs of
-  every number of the evaluation records, and a label 'method (n runs)'."""
-  groups: dict[str, list] = {}
-  for e in evaluations:
-    groups.setdefault(e["method"], []).append(e)
+  """Per group (`table.group_of`: the method, or a sweep's variant, + damage; in order of first
+  appearance): the mean and the sample std over its runs of every number of the evaluation
+  records, and a label 'group (n runs)'."""
+  groups = table_lib.groups(evaluations)
   means = [_combine(g, np.mean) for g in groups.values()]
   # The sample std (ddof = 1), as the tables of experiments.sweep and experiments.table1.
   stds = [_combine(g, lambda x: np.std(x, ddof=1) if len(x) > 1 else 0.0)
@@ -51,6 +56,7 @@ def markdown(evaluations: Sequence[Mapping[str, Any]], labels: Sequence[str],
   """Tables of probes, missing modalities and corruption curves for one or several runs
   (with `stds`, from `over_seeds`: 'mean ± std' cells)."""
   modalities = evaluations[0]["modalities"]
+  split = evaluations[0].get("split", "test")
   stds = stds or [None] * len(evaluations)
 
   def at(std, *path):
@@ -60,7 +66,7 @@ def markdown(evaluations: Sequence[Mapping[str, Any]], labels: Sequence[str],
       std = std[key]
     return std
 
-  lines = ["## Linear probes on frozen encoder features (test accuracy, %)", "",
+  lines = [f"## Linear probes on frozen encoder features ({split} accuracy, %)", "",
            "| Run | " + " | ".join(f"probe {m} | readout {m}" for m in modalities) + " |",
            "|" + "---|" * (1 + 2 * len(modalities))]
   for e, label, sd in zip(evaluations, labels, stds):
@@ -71,7 +77,8 @@ def markdown(evaluations: Sequence[Mapping[str, Any]], labels: Sequence[str],
                 _pct(e["linear_probe"][m]["readout_test_acc"],
                      at(sd, "linear_probe", m, "readout_test_acc"))]
     lines.append("| " + " | ".join(cells) + " |")
-  lines += ["", "## One modality removed (input zeroed): test accuracy of the fused prediction (%)",
+  lines += ["", f"## One modality removed (input zeroed): {split} accuracy of the fused "
+            "prediction (%)",
             "", "| Run | all | " + " | ".join(f"without {m}" for m in modalities) + " |",
             "|" + "---|" * (2 + len(modalities))]
   for e, label, sd in zip(evaluations, labels, stds):
@@ -84,7 +91,7 @@ def markdown(evaluations: Sequence[Mapping[str, Any]], labels: Sequence[str],
     kind, modality = curve.split(":")
     what = ("Gaussian noise (std, × clean input std)" if kind == "noise"
             else "occlusion (square side, fraction of the frame)")
-    lines += ["", f"## {modality}: {what} — fused test accuracy (%) [mean fusion weights]", "",
+    lines += ["", f"## {modality}: {what} — fused {split} accuracy (%) [mean fusion weights]", "",
               "| Run | " + " | ".join(f"{level:g}" for level in levels) + " |",
               "|" + "---|" * (1 + len(levels))]
     for e, label, sd in zip(evaluations, labels, stds):
@@ -97,6 +104,99 @@ def markdown(evaluations: Sequence[Mapping[str, Any]], labels: Sequence[str],
                           at(sd, "curves", curve, "summaries", i, "acc_fused")) + extra)
       lines.append(f"| {label} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
+
+
+def _terms_text(values: Sequence[float | None]) -> str:
+  return ", ".join("–" if v is None else f"{v:.2f}".replace("-", "\u2212") for v in values)
+
+
+def decomposition_markdown(evaluations: Sequence[Mapping[str, Any]],
+                           labels: Sequence[str]) -> str:
+  """Tables of the mean terms of log α per modality: modality removed, and along each curve
+  ("" when no run fuses with weights)."""
+  rows = [(e, label) for e, label in zip(evaluations, labels) if "decomposition" in e]
+  if not rows:
+    return ""
+  modalities = rows[0][0]["modalities"]
+  names = ", ".join(f"{t} = {TERM_NAMES[t]}" for t in TERMS)
+  lines = ["", f"## Decomposition of log α (Eq. 9): mean of each term per modality "
+           f"({', '.join(modalities)})", "",
+           f"{names}; the softmax over modalities of their sum is the fusion weight, so only "
+           "differences between modalities move it (a fixed rule puts log w in the prior).", "",
+           "### One modality removed", "",
+           "| Run | term | all | " + " | ".join(f"without {m}" for m in modalities) + " |",
+           "|" + "---|" * (3 + len(modalities))]
+  for e, label in rows:
+    d = e["decomposition"]
+    for t in TERMS:
+      cells = [_terms_text([d["clean"][t][m] for m in modalities])]
+      cells += [_terms_text([d["missing"][r][t][m] for m in modalities]) for r in modalities]
+      lines.append(f"| {label} | {t} | " + " | ".join(cells) + " |")
+  for curve, first in rows[0][0]["decomposition"]["curves"].items():
+    kind, modality = curve.split(":")
+    levels = first["levels"]
+    lines += ["", f"### {kind} on {modality} (strength " + ", ".join(f"{v:g}" for v in levels)
+              + ")", "", "| Run | term | " + " | ".join(f"{v:g}" for v in levels) + " |",
+              "|" + "---|" * (2 + len(levels))]
+    for e, label in rows:
+      c = e["decomposition"]["curves"].get(curve)
+      if c is None:
+        continue
+      for t in TERMS:
+        cells = [_terms_text([c[t][m][i] for m in modalities]) for i in range(len(levels))]
+        lines.append(f"| {label} | {t} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def decomposition_figure(evaluations, labels, path: str) -> str | None:
+  """The mean of each term of log α (rows: prior, uncertainty, gate) per modality against
+  corruption strength (a column per curve) and with each modality removed (last column); a colour
+  per run, a line style per modality. None (nothing written) when no run fuses with weights."""
+  rows = [(e, label) for e, label in zip(evaluations, labels) if "decomposition" in e]
+  if not rows:
+    return None
+  plt = plots.pyplot()
+  modalities = rows[0][0]["modalities"]
+  curves = list(rows[0][0]["decomposition"]["curves"])
+  cols = len(curves) + 1
+  fig, axes = plt.subplots(len(TERMS), cols, figsize=(3.8 * cols, 2.6 * len(TERMS)),
+                           squeeze=False, sharey="row")
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  styles = ["-", "--", ":", "-."]
+  for r, (e, label) in enumerate(rows):
+    d, color = e["decomposition"], colors[r % len(colors)]
+    for row, t in enumerate(TERMS):
+      for j, m in enumerate(modalities):
+        style = styles[j % len(styles)]
+        for col, curve in enumerate(curves):
+          c = d["curves"].get(curve)
+          if c is None:
+            continue
+          y = [np.nan if v is None else v for v in c[t][m]]
+          axes[row, col].plot(c["levels"], y, style, marker="o", ms=3, color=color,
+                              label=f"{label}: {m}")
+        removed = [d["clean"][t][m]] + [d["missing"][k][t][m] for k in modalities]
+        axes[row, -1].plot(range(len(removed)), [np.nan if v is None else v for v in removed],
+                           style, marker="o", ms=3, color=color, label=f"{label}: {m}")
+  for row, t in enumerate(TERMS):
+    axes[row, 0].set_ylabel(f"{t}: {TERM_NAMES[t]}")
+    for col in range(cols):
+      axes[row, col].grid(alpha=0.3)
+  for col, curve in enumerate(curves):
+    kind, modality = curve.split(":")
+    axes[0, col].set_title(f"{kind} on {modality}")
+    axes[-1, col].set_xlabel("noise std (× clean std)" if kind == "noise"
+                             else "occluded square side")
+  axes[0, -1].set_title("one modality removed")
+  for row in range(len(TERMS)):
+    axes[row, -1].set_xticks(range(len(modalities) + 1),
+                             ["all"] + [f"without {m}" for m in modalities])
+  axes[0, 0].legend(fontsize=6)
+  fig.suptitle("mean terms of log α (Eq. 9) per modality", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
 
 
 def robustness_figure(evaluations, labels, path: str, stds=None) -> str:
@@ -131,7 +231,7 @@ def robustness_figure(evaluations, labels, path: str, stds=None) -> str:
           draw(axes[1, col], f"weight_{m}", 1, styles[j % len(styles)], f"{label}: w_{m}")
     xlabel = ("noise std (× clean std)" if kind == "noise" else "occluded square side")
     axes[0, col].set_title(f"{kind} on {modality}")
-    axes[0, col].set_ylabel("fused test accuracy (%)")
+    axes[0, col].set_ylabel(f"fused {evaluations[0].get('split', 'test')} accuracy (%)")
     axes[-1, col].set_xlabel(xlabel)
     for row in range(rows):
       axes[row, col].grid(alpha=0.3)
@@ -166,11 +266,12 @@ def probes_figure(evaluations, labels, path: str) -> str:
                                                  for m in modalities]
     axes[1].bar(np.arange(len(removed)) + offset, removed, width * 0.9, label=label)
   axes[0].set_xticks(x, modalities)
-  axes[0].set_ylabel("test accuracy (%)")
+  split = evaluations[0].get("split", "test")
+  axes[0].set_ylabel(f"{split} accuracy (%)")
   axes[0].set_title("frozen encoder features: linear probe")
   axes[1].set_xticks(np.arange(len(modalities) + 1),
                      ["all"] + [f"without {m}" for m in modalities])
-  axes[1].set_ylabel("fused test accuracy (%)")
+  axes[1].set_ylabel(f"fused {split} accuracy (%)")
   axes[1].set_title("one modality removed")
   for ax in axes:
     ax.set_ylim(0, 105)
@@ -183,33 +284,71 @@ def probes_figure(evaluations, labels, path: str) -> str:
 
 
 def labels_of(evaluations) -> list[str]:
-  names = [e["method"] for e in evaluations]
+  """A label per run: its group (`table.group_of`), with its seed (and directory) when several
+  runs share a group."""
+  specs = table_lib.damage_specs(evaluations)
+  names = [table_lib.group_of(e, specs) for e in evaluations]
   if len(set(names)) == len(names):
     return names
-  return [f"{e['method']} ({os.path.basename(e['workdir'].rstrip('/'))}, seed {e['seed']})"
-          for e in evaluations]
+  names = [f"{n} (seed {e['seed']})" for n, e in zip(names, evaluations)]
+  if len(set(names)) == len(names):
+    return names
+  return [f"{n[:-1]}, {os.path.basename(e['workdir'].rstrip('/'))})"
+          for n, e in zip(names, evaluations)]
 
 
-def write(evaluations, out: str, command_seconds: float | None = None) -> dict[str, str]:
-  """evaluation.json, evaluation.md, robustness.png and probes.png in `out`."""
+def suffix_of(split: str) -> str:
+  """File-name suffix of an evaluation of `split`: "" for test, "_validation" otherwise, so a
+  validation pass never replaces a run's test evaluation."""
+  return "" if split == "test" else f"_{split}"
+
+
+def write(evaluations, out: str, command_seconds: float | None = None,
+          reference: str | None = None) -> dict[str, str]:
+  """evaluation.json, evaluation.md, robustness.png, robustness_table.png, probes.png and (for a
+  weighted fusion) decomposition.png in `out` (names with `suffix_of(split)`); with several runs
+  of a method, the `*_mean.png` figures over them too. `reference`: the group every other is
+  paired with."""
   os.makedirs(out, exist_ok=True)
   labels = labels_of(evaluations)
-  paths = {"json": os.path.join(out, "evaluation.json"),
-           "markdown": os.path.join(out, "evaluation.md"),
-           "robustness": robustness_figure(evaluations, labels,
-                                           os.path.join(out, "robustness.png")),
-           "probes": probes_figure(evaluations, labels, os.path.join(out, "probes.png"))}
-  record = evaluations[0] if len(evaluations) == 1 else {"runs": list(evaluations)}
+  split = evaluations[0].get("split", "test")
+  tail = suffix_of(split)
+
+  def at(name):
+    stem, ext = os.path.splitext(name)
+    return os.path.join(out, f"{stem}{tail}{ext}")
+
+  table = table_lib.robustness_table(evaluations, reference)
+  paths = {"json": at("evaluation.json"), "markdown": at("evaluation.md"),
+           "robustness": robustness_figure(evaluations, labels, at("robustness.png")),
+           "robustness_table": table_lib.figure(table, at("robustness_table.png"), split),
+           "probes": probes_figure(evaluations, labels, at("probes.png"))}
+  decomposition = decomposition_figure(evaluations, labels, at("decomposition.png"))
+  if decomposition is not None:
+    paths["decomposition"] = decomposition
+  record = dict(evaluations[0]) if len(evaluations) == 1 else {"runs": list(evaluations)}
+  record["robustness_table"] = table
   estimate.write_json(paths["json"], record)
-  text = ("# Evaluation: " + ", ".join(labels) + "\n\n" + markdown(evaluations, labels)
-          + f"\nFigures: `{paths['robustness']}`, `{paths['probes']}`.\n")
+  figures = [paths[k] for k in ("robustness", "robustness_table", "decomposition", "probes")
+             if k in paths]
+  text = ("# Evaluation: " + ", ".join(labels) + f"\n\nSplit: {split}.\n\n"
+          + table_lib.markdown(table, split) + "\n" + markdown(evaluations, labels)
+          + decomposition_markdown(evaluations, labels)
+          + "\nFigures: " + ", ".join(f"`{p}`" for p in figures) + ".\n")
   means, stds, mean_labels = over_seeds(evaluations)
   if len(means) < len(evaluations):   # several runs of a method: their mean ± std too
-    paths["robustness_mean"] = robustness_figure(means, mean_labels,
-                                                 os.path.join(out, "robustness_mean.png"), stds)
+    paths["robustness_mean"] = robustness_figure(means, mean_labels, at("robustness_mean.png"),
+                                                 stds)
+    mean_figures = [paths["robustness_mean"]]
+    decomposition = decomposition_figure(means, mean_labels, at("decomposition_mean.png"))
+    if decomposition is not None:
+      paths["decomposition_mean"] = decomposition
+      mean_figures.append(decomposition)
     text += ("\n# Mean ± std over the runs of each method\n\n"
              + markdown(means, mean_labels, stds)
-             + f"\nFigure: `{paths['robustness_mean']}` (bands: ± one std).\n")
+             + decomposition_markdown(means, mean_labels)
+             + "\nFigures: " + ", ".join(f"`{p}`" for p in mean_figures)
+             + " (bands: ± one std; the decomposition shows the means).\n")
   if command_seconds is not None:
     text += "\n" + provenance.footer("python -m experiments.evaluate", command_seconds)
   with open(paths["markdown"], "w") as f:

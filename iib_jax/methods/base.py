@@ -457,9 +457,38 @@ def eval_outputs(batch: Mapping[str, jax.Array], fused_logits: jax.Array,
   return result
 
 
+def modality_mask(batch: Mapping[str, jax.Array]) -> jax.Array | None:
+  """The example weights of each modality's own terms (its unimodal loss, its prototypes).
+
+  A modality removed by train-time damage (`present` [B, M] = 0, docs/DATA.md) is a zeroed
+  input: its head cannot learn the class from it and its features are no class's, so its own
+  terms leave that example out, while the terms of the fused prediction keep it (learning to do
+  without the modality is what the damage is for).
+
+  Returns:
+    [M, B] float32 = mask × presentᵀ when the batch has `present`; otherwise the batch's `mask`
+    ([B], the same for every modality, or None for a training batch): the code path, and the
+    numbers, of an undamaged batch are unchanged. `losses.masked_mean` takes either.
+  """
+  present = batch.get("present")
+  mask = batch.get("mask")
+  if present is None:
+    return mask
+  kept = jnp.asarray(present, jnp.float32).T                                 # [M, B]
+  return kept if mask is None else kept * jnp.asarray(mask, jnp.float32)[None, :]
+
+
+def modality_row(kept: jax.Array | None, index: jax.Array | int) -> jax.Array | None:
+  """Modality `index`'s weights [B] from `modality_mask` (a traced index is fine)."""
+  if kept is None or kept.ndim == 1:
+    return kept
+  return jnp.take(kept, index, axis=0)
+
+
 def unimodal_ce(logits: jax.Array, batch: Mapping[str, jax.Array]) -> jax.Array:
-  """[M] masked mean cross-entropy of each modality's logits [M, B, C]."""
-  return losses.masked_mean(losses.cross_entropy(logits, batch["label"]), batch.get("mask"))
+  """[M] masked mean cross-entropy of each modality's logits [M, B, C] over the examples that
+  count for it (`modality_mask`: real, and not removed by train-time damage)."""
+  return losses.masked_mean(losses.cross_entropy(logits, batch["label"]), modality_mask(batch))
 
 
 # ------------------------------------------------------------------------------------------------

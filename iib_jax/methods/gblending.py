@@ -127,7 +127,10 @@ def build(opts: Options, spec: base.MethodSpec) -> base.Method:
 
   def loss(outputs, batch, state: GBlendState, step):
     del step
-    ce = base.unimodal_ce(branch_logits(outputs, opts.unimodal), batch)         # [M + 1]
+    logits = branch_logits(outputs, opts.unimodal)                               # [M + 1, B, C]
+    fused = losses.masked_mean(losses.cross_entropy(logits[num], batch["label"]),
+                               batch.get("mask"))
+    ce = jnp.concatenate([base.unimodal_ce(logits[:num], batch), fused[None]])   # [M + 1]
     total = (state.weights * ce).sum()
     return total, {"metrics": {"ce_branch": ce, "blend_weights": state.weights}}
 

@@ -6,6 +6,9 @@ Per step (one forward pass):
   total     L    = λ(t) L_I + (1 − λ(t)) L_II,  λ(t) = λ_start (1 − t/T)          (Eqs. 12–13)
 then the anchor prototypes take an EMA step towards this batch's class means (Eq. 3).
 β, λ_m and the anchor are arrays in the method state: checkpointed, and a new β never recompiles.
+With train-time damage (the batch's `present`, docs/DATA.md) each modality's own terms (its CE,
+its PRA, the anchor's prototypes, its share of the γ sum) leave out the examples where it was
+removed; the fused CE keeps them.
 """
 from __future__ import annotations
 
@@ -99,18 +102,26 @@ def build(opts: Options, spec: base.MethodSpec) -> base.Method:
 
   def loss(outputs, batch, state: IIBState, step):
     labels, mask = batch["label"], batch.get("mask")
+    # Each modality's own terms (its CE, its PRA, the anchor's prototypes, its share of Eq. 11's
+    # auxiliary sum) leave out the examples where train-time damage removed it; the fused term
+    # keeps them (`base.modality_mask`). Without damage `kept` is `mask`.
+    kept = base.modality_mask(batch)                                          # [M, B], [B], None
     feats = outputs["features"].astype(jnp.float32)                          # [M, B, d]
     logits = outputs["logits"]                                                # [M, B, C]
     anchor_feats = jnp.take(feats, state.anchor, axis=0)                      # [B, d]
-    new_bank = prototypes.ema_update(state.bank, anchor_feats, labels, opts.rho, mask)
+    new_bank = prototypes.ema_update(state.bank, anchor_feats, labels, opts.rho,
+                                     base.modality_row(kept, state.anchor))
     bank = new_bank if opts.prototypes_in_loss == "after" else state.bank
     seen = bank.seen if opts.mask_unseen_prototypes else None
     # PRA for every modality; the anchor's term is multiplied by λ_{m*} = 0.
-    pra = jax.vmap(lambda z: prototypes.pra_loss(z, labels, bank.protos, opts.tau_p,
-                                                 opts.similarity, seen, mask))(feats)
-    stage_one = losses.stage_one(logits, labels, pra, state.strength, mask)
+    per_modality = kept is not None and kept.ndim == 2
+    pra = jax.vmap(lambda z, k: prototypes.pra_loss(z, labels, bank.protos, opts.tau_p,
+                                                    opts.similarity, seen, k),
+                   in_axes=(0, 0 if per_modality else None))(feats, kept)
+    stage_one = losses.stage_one(logits, labels, pra, state.strength, kept)
     stage_two = losses.stage_two(outputs["fused_logits"], logits, outputs["weights"], labels,
-                                 opts.gamma, mask, opts.detach_weights_in_aux)
+                                 opts.gamma, mask, opts.detach_weights_in_aux,
+                                 present=batch["present"].T if "present" in batch else None)
     weight = losses.stage_weight(stage_time(step), spec.total_epochs, opts.lambda_start)
     total = losses.total_loss(stage_one, stage_two, weight)
     metrics = {

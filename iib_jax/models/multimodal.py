@@ -43,6 +43,9 @@ class Branch(nn.Module):
     dtype: compute dtype.
 
   uint8 input is taken for frames in [0, 255] and ImageNet-normalised first (`normalize_frames`).
+  `present` ([B], 1 = kept, 0 = removed by train-time damage) multiplies the normalised input, so
+  a removed modality is exactly the zero `experiments.evaluate`'s "modality removed" feeds,
+  whatever the input dtype (uint8 frames cannot hold it: docs/DATA.md).
   """
   encoder: str
   encoder_size: str
@@ -52,9 +55,12 @@ class Branch(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool,
+               present: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     if x.dtype == jnp.uint8:
       x = normalize_frames(x)
+    if present is not None:
+      x = x * jnp.asarray(present, x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
     z = make_encoder(self.encoder, size=self.encoder_size, dtype=self.dtype, name="encoder")(
         x, train=train)
     if z.shape[-1] != self.feature_dim:
@@ -106,6 +112,8 @@ class GatedFusion(nn.Module):
     num_classes: C.
     gate_hidden: hidden width of the gate G.
     gate_pool: Pool in Eq. 8, "identity" or "mean".
+    gate_input: what the gate reads: "features" (Eq. 8: φ = [u; Pool(z)]) or "uncertainty"
+      (φ = [u] only; the gate's output then depends on the features only through u).
     detach_uncertainty: stop gradients through u_m, so the fused loss cannot lower itself by
       making a modality's unimodal prediction less certain (FIDELITY: gradient through u).
     detach_gate_features: stop gradients from the gate into the encoders through Pool(z_m).
@@ -125,6 +133,7 @@ class GatedFusion(nn.Module):
   detach_uncertainty: bool = True
   detach_gate_features: bool = False
   rule: str = "gated"
+  gate_input: str = "features"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -137,7 +146,8 @@ class GatedFusion(nn.Module):
     batch = feats.shape[1]
     if self.rule == "gated":
       gate_feats = jax.lax.stop_gradient(feats) if self.detach_gate_features else feats
-      phi = fusion_lib.gate_input(uncertainty, list(gate_feats), pool=self.gate_pool)
+      phi = fusion_lib.gate_input(uncertainty, list(gate_feats), pool=self.gate_pool,
+                                  inputs=self.gate_input)
       gate_logits = fusion_lib.Gate(num_modalities, self.gate_hidden, dtype=self.dtype,
                                     name="gate")(phi)
       terms = fusion_lib.log_alpha_terms(prior, uncertainty, gate_logits)
@@ -173,7 +183,8 @@ class MultimodalModel(nn.Module):
     fusion: "concat", "sum", "gated" (IIBalance; needs `prior`) or "none" (unimodal runs).
     encoder_size: "full" or "tiny" (width-8 encoders for tests).
     detach_heads: unimodal heads read stop_gradient(z_m).
-    gate_hidden, gate_pool, detach_uncertainty, detach_gate_features: see GatedFusion.
+    gate_hidden, gate_pool, gate_input, detach_uncertainty, detach_gate_features: see
+      GatedFusion.
     fusion_rule: GatedFusion's `rule`.
     dtype: compute dtype (float32 or bfloat16); parameters stay float32, logits are float32.
   """
@@ -189,6 +200,7 @@ class MultimodalModel(nn.Module):
   detach_uncertainty: bool = True
   detach_gate_features: bool = False
   fusion_rule: str = "gated"
+  gate_input: str = "features"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -197,7 +209,9 @@ class MultimodalModel(nn.Module):
     """Runs every branch and the fusion head.
 
     Args:
-      batch: dict with one input array per modality name.
+      batch: dict with one input array per modality name; with `present` [B, M] (training
+        batches with train-time damage: 1 = kept, 0 = removed), each modality's normalised input
+        is multiplied by its column.
       train: BatchNorm uses batch statistics (and updates them) when True.
       prior: [M] relative budgets β, required by the gated fusion.
 
@@ -213,9 +227,11 @@ class MultimodalModel(nn.Module):
       raise ValueError(f"one encoder per modality: modalities={tuple(self.modalities)}, "
                        f"encoders={tuple(self.encoders)}")
     feats, logits = [], []
-    for modality, encoder in zip(self.modalities, self.encoders):
+    present = batch.get("present")
+    for i, (modality, encoder) in enumerate(zip(self.modalities, self.encoders)):
       z, l = Branch(encoder, self.encoder_size, self.feature_dim, self.num_classes,
-                    self.detach_heads, self.dtype, name=modality)(batch[modality], train)
+                    self.detach_heads, self.dtype, name=modality)(
+                        batch[modality], train, None if present is None else present[:, i])
       feats.append(z)
       logits.append(l)
     feats, logits = jnp.stack(feats), jnp.stack(logits)
@@ -229,7 +245,8 @@ class MultimodalModel(nn.Module):
         raise ValueError("gated fusion needs the relative budgets: pass prior=beta")
       out.update(GatedFusion(self.num_classes, self.gate_hidden, self.gate_pool,
                              self.detach_uncertainty, self.detach_gate_features,
-                             self.fusion_rule, self.dtype, name="fusion")(feats, logits, prior))
+                             self.fusion_rule, self.gate_input, self.dtype,
+                             name="fusion")(feats, logits, prior))
     return out
 
 
