@@ -96,7 +96,8 @@ def prepare(cache_dir: str, size: str, workers: int | None = None) -> dict[str, 
       root, num_classes=s["num_classes"], clips_per_class=s["clips_per_class"],
       duration=s["duration"], fps=s["fps"], size=s["image_size"], preset="ogm_ge_stft",
       clips_per_shard=16, workers=workers)
-  raw_dir = os.path.join(root, "raw")
+  # <cache>/prepared/<name> beside <cache>/raw (the dial's cache when the generator has one).
+  raw_dir = os.path.join(os.path.dirname(os.path.dirname(data_dir)), "raw")
   item_dir = os.path.join(root, "per_item")
   if not os.path.exists(os.path.join(item_dir, "index.json")):
     _write_per_item(data_dir, raw_dir, item_dir)

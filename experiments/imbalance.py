@@ -2,7 +2,7 @@
 
   python -m experiments.imbalance --seeds=10 --dials=0,0.33,0.67,1 --root=runs/imbalance
   python -m experiments.imbalance --config=experiments/configs/synthetic_features.py:smoke \
-      --seeds=2 --dials=0,1 --methods=joint,iibalance        # tiny
+      --seeds=2 --dials=0,1                                  # tiny
 
 For each dial of the feature-level dataset (`experiments/configs/synthetic_features.py`;
 0 balanced … 1 the first modality carries much more class information than the others, which
@@ -156,7 +156,7 @@ def main(_):
   logging.set_verbosity(logging.WARNING)
   cli.initialize_distributed()
   from data_prep import synthetic_features
-  from experiments import cli, report, run as runner, sweep, table1
+  from experiments import report, run as runner, sweep, table1
   from experiments.configs import common
   from iib_jax import methods
   args = flags.FLAGS

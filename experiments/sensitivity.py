@@ -63,7 +63,6 @@ def main(_):
   config.method = plan.method
   config.compare_with = ()
   t0 = time.time()
-  from experiments import cli
   with cli.stops_on_bad_input():
     results = sweep.run_variants(config, plan.variants, range(flags.FLAGS.seeds),
                                  flags.FLAGS.root)

