@@ -179,6 +179,7 @@ class Data:
     self.eval_batch_size = -(-int(config.eval.batch_size) // devices.count) * devices.count
     keys = {m: m for m in config.modalities}
     self._arrays = None
+    self._eval_cache: dict[tuple, Any] = {}
     if arrays.is_array_dataset(data_dir):
       self._arrays = {
           train: arrays.ArrayData(data_dir, batch_size=size, eval_batch_size=size,
@@ -206,7 +207,19 @@ class Data:
 
   def host_batches(self, split: str, *, train: bool, seed: int = 0, epoch: int = 0,
                    batch_size: int | None = None):
-    """Numpy batches of one epoch of `split` (`batch_size`: a small evaluation-style batch)."""
+    """Numpy batches of one epoch of `split` (`batch_size`: a small evaluation-style batch).
+
+    An evaluation split's batches are the same every time: they are built once and iterated
+    again (building a tf.data pipeline costs a fraction of a second)."""
+    if not train:
+      key = (split, batch_size)
+      if key not in self._eval_cache:
+        self._eval_cache[key] = self._host_batches(split, train=False, batch_size=batch_size)
+      return self._eval_cache[key]
+    return self._host_batches(split, train=True, seed=seed, epoch=epoch)
+
+  def _host_batches(self, split: str, *, train: bool, seed: int = 0, epoch: int = 0,
+                    batch_size: int | None = None):
     if self._arrays is not None:
       source = self._arrays[train]
       if batch_size is not None:
