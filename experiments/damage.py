@@ -88,6 +88,7 @@ def main(_):
   logging.set_verbosity(logging.WARNING)
   from experiments import build, cli, report, run as runner, sweep
   from experiments.configs import common, sweeps
+  cli.initialize_distributed()
   config = flags.FLAGS.config
   config.compare_with = ()
   methods = list(flags.FLAGS.methods)
@@ -127,4 +128,5 @@ if __name__ == "__main__":
   from experiments import cli
   cli.check_config_flags(sys.argv[1:], os.path.join(_HERE, "configs", "synthetic.py"))
   _define_flags()
+  cli.define_distributed_flags()
   app.run(main)

@@ -122,6 +122,7 @@ def main(_):
   logging.set_verbosity(logging.WARNING)
   from experiments import cli, report, sweep
   from experiments.configs import sweeps
+  cli.initialize_distributed()
   plan = sweeps.gate()
   variants = dict(plan.variants)
   if flags.FLAGS.variants:
@@ -152,4 +153,5 @@ if __name__ == "__main__":
   from experiments import cli
   cli.check_config_flags(sys.argv[1:], os.path.join(_HERE, "configs", "synthetic.py"))
   _define_flags()
+  cli.define_distributed_flags()
   app.run(main)

@@ -114,4 +114,4 @@ def test_the_imbalance_command_writes_the_dial_table_and_both_plots(tmp_path):
     assert dial["methods"]["iibalance"]["paired"]["n"] == 2
   for name in ("budgets_vs_dial.png", "gain_vs_dial.png"):
     assert (root / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
-  assert "Protocol: every method: encoders from a random initialisation (fresh)" in done.stdout
+  assert "Protocol: every method: encoders from the unimodal phase (warm)" in done.stdout

@@ -66,9 +66,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   # The fair protocol (docs/FIDELITY.md, "One protocol for every method"): one start and one
   # optimiser for every method of a run.
-  # Where every method's encoders start: "fresh" (random initialisation) or "warm" (each
-  # modality's encoder, projection and head from the unimodal phase).
-  config.start = "fresh"
+  # Where every method's encoders start: "warm" (each modality's encoder, projection and head
+  # from the unimodal phase) or "fresh" (random initialisation). Measured on validation
+  # (docs/FIDELITY.md, the start): warm, for every method alike.
+  config.start = "warm"
   # "shared": every method trains with config.optim. "paper": every method trains with
   # config.paper_optim, the optimiser of the gradient-multiplier methods' own papers (SGD with
   # momentum), under which their multipliers are not cancelled by Adam's normalisation; the
