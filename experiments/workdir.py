@@ -99,8 +99,13 @@ def fingerprint(config, info: Mapping[str, Any], scope: str) -> dict[str, Any]:
     flat = {k: v for k, v in flat.items()
             if not k.startswith(("methods.", "paper_optim.")) and k not in ("start", "optimizer")}
   else:
+    # The optimiser section the run did not train with changes nothing it did
+    # (`iib_jax.build.optimizer_settings`; batch size and epochs stay in `optim`).
+    unused = (("paper_optim.",) if flat.get("optimizer", "shared") != "paper" else
+              tuple(f"optim.{k}" for k in config.paper_optim))
     flat = {k: v for k, v in flat.items()
-            if not k.startswith("methods.") or k.startswith(f"methods.{scope}.")}
+            if (not k.startswith("methods.") or k.startswith(f"methods.{scope}."))
+            and not k.startswith(unused)}
     flat["trained_method"] = scope
   return {"scope": scope, "config": flat, "data": dataset_fingerprint(info),
           "code": {"version": iib_jax.__version__, "commit": _code_commit()}}

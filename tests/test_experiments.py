@@ -131,6 +131,27 @@ def test_a_workdir_made_from_something_else_is_refused_untouched(finished, data_
   assert snapshot(work) == before
 
 
+@pytest.mark.parametrize("optimizer,key,differs", [
+    ("shared", "paper_optim.learning_rate", False),  # the section the run did not train with
+    ("shared", "optim.learning_rate", True),
+    ("paper", "paper_optim.learning_rate", True),
+    ("paper", "optim.learning_rate", False),
+    ("paper", "optim.epochs", True),                 # epochs and batch size stay in optim
+])
+def test_the_fingerprint_holds_the_optimiser_the_run_trained_with(optimizer, key, differs):
+  config = synthetic_config.get_config()
+  config.optimizer = optimizer
+  info = {"name": "x", "files": {}, "shards": {"train": [{"file": "a", "num_examples": 1}]}}
+  before = workdir_lib.fingerprint(config, info, "joint")
+  section, name = key.split(".")
+  config[section][name] = config[section][name] * 2
+  after = workdir_lib.fingerprint(config, info, "joint")
+  assert (workdir_lib._differences(before, after) != []) == differs, key
+  # The unimodal phase always trains with the shared optimiser.
+  assert workdir_lib.fingerprint(config, info, workdir_lib.UNIMODAL)["config"].get(
+      "paper_optim.learning_rate") is None
+
+
 def test_the_refusal_is_one_error_and_exit_status_1(finished, data_dir):
   work, _ = finished
   before = snapshot(work)
