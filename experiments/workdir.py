@@ -93,22 +93,31 @@ def fingerprint(config, info: Mapping[str, Any], scope: str) -> dict[str, Any]:
   for key in _NOT_TRAINING:
     flat.pop(key, None)
   flat.pop("method", None)
+  if scope != UNIMODAL:
+    flat["trained_method"] = scope
+  return {"scope": scope, "config": _used(flat, scope), "data": dataset_fingerprint(info),
+          "code": {"version": iib_jax.__version__, "commit": _code_commit()}}
+
+
+def _used(flat: Mapping[str, Any], scope: str) -> dict[str, Any]:
+  """The keys of a flat config that can change what a directory of `scope` trains (applied to
+  recorded fingerprints as well, so that a fingerprint written before a key was set aside
+  compares equal)."""
   if scope == UNIMODAL:
     # The unimodal phase trains every modality alone with the shared optimiser, whatever the
     # methods, their options, their start and their optimiser are.
-    flat = {k: v for k, v in flat.items()
+    return {k: v for k, v in flat.items()
             if not k.startswith(("methods.", "paper_optim.")) and k not in ("start", "optimizer")}
+  # The optimiser section the run did not train with changes nothing it did
+  # (`iib_jax.build.optimizer_settings`; batch size and epochs stay in `optim`).
+  if flat.get("optimizer", "shared") == "paper":
+    unused = tuple(k.replace("paper_optim.", "optim.", 1) for k in flat
+                   if k.startswith("paper_optim."))
   else:
-    # The optimiser section the run did not train with changes nothing it did
-    # (`iib_jax.build.optimizer_settings`; batch size and epochs stay in `optim`).
-    unused = (("paper_optim.",) if flat.get("optimizer", "shared") != "paper" else
-              tuple(f"optim.{k}" for k in config.paper_optim))
-    flat = {k: v for k, v in flat.items()
-            if (not k.startswith("methods.") or k.startswith(f"methods.{scope}."))
-            and not k.startswith(unused)}
-    flat["trained_method"] = scope
-  return {"scope": scope, "config": flat, "data": dataset_fingerprint(info),
-          "code": {"version": iib_jax.__version__, "commit": _code_commit()}}
+    unused = ("paper_optim.",)
+  return {k: v for k, v in flat.items()
+          if (not k.startswith("methods.") or k.startswith(f"methods.{scope}."))
+          and not k.startswith(unused)}
 
 
 def _defaults() -> dict[str, Any]:
@@ -118,7 +127,8 @@ def _defaults() -> dict[str, Any]:
 
 def _differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
   lines = []
-  old, new = dict(recorded.get("config", {})), current["config"]
+  scope = current.get("scope", "")
+  old, new = _used(recorded.get("config", {}), scope), current["config"]
   # A key the config gained since the run was made, at its default, changes nothing the run did.
   defaults = _defaults()
   for key in set(new) - set(old):
