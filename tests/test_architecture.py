@@ -80,7 +80,8 @@ def test_a_method_with_a_host_side_phase_trains_through_the_runner(data_dir, tmp
   results = runner.main(config)
   assert results["toy"]["test_best"]["num_examples"] == 6
   records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
-  weights = [r["toy_weight"] for r in records if r["split"] == "train"]
+  weights = [r["toy_weight"] for r in records
+             if r["phase"] == "multimodal" and r["split"] == "train"]
   # The hook ran after every epoch: 1, then 1/4, then 1/16 during the three epochs.
   np.testing.assert_allclose(weights, [1.0, 0.25, 0.0625], rtol=1e-6)
   saved = checkpoint.read_arrays(str(tmp_path / "run"), "latest")

@@ -46,7 +46,7 @@ def test_table_is_written_as_markdown_csv_and_json(table):
   assert {"acc_fused_mean", "acc_audio_std", "acc_avg_mean"} <= set(rows[0])
   assert rows[3]["delta_wins"] in ("0", "1") and rows[2].get("delta_wins") in ("", None)
   assert "Protocol: every method: encoders from the unimodal phase (warm)" in text
-  assert "the paper's optimiser: sgd lr 0.001, momentum 0.9, weight decay 0.0001" in text
+  assert "the paper's optimiser: sgd lr 0.01, momentum 0.9, weight decay 0.0001" in text
   assert "| OGM-GE (paper optimiser) |" in text and "Δ Acc_m vs Joint [95% CI] (wins)" in text
   record = json.load(open(root / "table1.json"))
   runs = record["datasets"]["synthetic"]["methods"]["iibalance"]["runs"]
