@@ -282,30 +282,9 @@ def _local_batch(batch_size: int, process_count: int) -> int:
   return batch_size // process_count
 
 
-def audio_normalization(info: Mapping[str, Any],
-                        audio_norm: Union[None, str, Sequence[float]] = None
-                        ) -> Optional[tuple[float, float]]:
-  """(mean, std) of the audio normalisation, or None for none.
-
-  Args:
-    info: from `load_info`.
-    audio_norm: None (the preset's recommendation recorded in the metadata), 'none',
-      'dataset' (the training split's mean and std, from the metadata), 'ks' (the
-      Kinetics-Sounds fbank constants: mean -4.503877, std 2 * 5.141276) or (mean, std).
-  """
-  audio = info["audio"]
-  if audio_norm is None:
-    audio_norm = audio.get("norm", "none")
-  if isinstance(audio_norm, str):
-    if audio_norm == "none":
-      return None
-    if audio_norm == "dataset":
-      return float(audio["mean"]), float(audio["std"]) or 1.0
-    if audio_norm == "ks":
-      return schema.KS_FBANK_MEAN, 2 * schema.KS_FBANK_STD
-    raise ValueError(f"audio_norm must be none, dataset, ks or (mean, std), got {audio_norm!r}")
-  mean, std = audio_norm
-  return float(mean), float(std)
+# One definition for the pipeline and for prediction (`iib_jax.inference`, which needs no
+# TensorFlow).
+audio_normalization = schema.audio_normalization
 
 
 def default_ops(info: Mapping[str, Any], *, train: bool, stored: Sequence[str],

@@ -180,29 +180,7 @@ def crop_audio(audio: np.ndarray, frames: int, pad: str = "zeros",
   return padded[offset:offset + frames]
 
 
-def audio_normalization(info: Mapping[str, Any], audio_norm: Any = None
-                        ) -> tuple[float, float] | None:
-  """(mean, std) of the audio normalisation, or None: `iib_jax.data.audio_normalization`.
-
-  Args:
-    info: the dataset's metadata.
-    audio_norm: None (the preset's recommendation recorded in the metadata), 'none',
-      'dataset' (the training split's mean and std, from the metadata), 'ks' (the
-      Kinetics-Sounds fbank constants) or (mean, std).
-  """
-  audio = info["audio"]
-  if audio_norm is None:
-    audio_norm = audio.get("norm", "none")
-  if isinstance(audio_norm, str):
-    if audio_norm == "none":
-      return None
-    if audio_norm == "dataset":
-      return float(audio["mean"]), float(audio["std"]) or 1.0
-    if audio_norm == "ks":
-      return schema.KS_FBANK_MEAN, 2 * schema.KS_FBANK_STD
-    raise ValueError(f"audio_norm must be none, dataset, ks or (mean, std), got {audio_norm!r}")
-  mean, std = audio_norm
-  return float(mean), float(std)
+audio_normalization = schema.audio_normalization
 
 
 @dataclasses.dataclass(frozen=True)

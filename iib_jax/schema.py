@@ -166,3 +166,29 @@ def load_info(data_dir: str) -> dict[str, Any]:
         os.path.join(info["data_dir"], shard_name(split["name"], i, len(lengths)))
         for i in range(len(lengths))]
   return info
+
+
+def audio_normalization(info: Mapping[str, Any],
+                        audio_norm: None | str | Sequence[float] = None
+                        ) -> tuple[float, float] | None:
+  """(mean, std) of the audio normalisation, or None for none.
+
+  Args:
+    info: a dataset's metadata (`load_info`).
+    audio_norm: None (the preset's recommendation recorded in the metadata), 'none',
+      'dataset' (the training split's mean and std, from the metadata), 'ks' (the
+      Kinetics-Sounds fbank constants: mean -4.503877, std 2 * 5.141276) or (mean, std).
+  """
+  audio = info["audio"]
+  if audio_norm is None:
+    audio_norm = audio.get("norm", "none")
+  if isinstance(audio_norm, str):
+    if audio_norm == "none":
+      return None
+    if audio_norm == "dataset":
+      return float(audio["mean"]), float(audio["std"]) or 1.0
+    if audio_norm == "ks":
+      return KS_FBANK_MEAN, 2 * KS_FBANK_STD
+    raise ValueError(f"audio_norm must be none, dataset, ks or (mean, std), got {audio_norm!r}")
+  mean, std = audio_norm
+  return float(mean), float(std)
