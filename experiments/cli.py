@@ -15,6 +15,9 @@ import os
 import sys
 from typing import Sequence
 
+from iib_jax import quiet
+
+quiet.skip_keras()               # the commands never use Keras: TensorFlow starts 2.5 s sooner
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 

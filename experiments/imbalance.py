@@ -1,6 +1,7 @@
 """The controlled-imbalance benchmark: every method against the reference, as the imbalance grows.
 
   python -m experiments.imbalance --seeds=10 --dials=0,0.33,0.67,1 --root=runs/imbalance
+  python -m experiments.imbalance --workers=2 ...      # two processes side by side (2 cores)
   python -m experiments.imbalance --config=experiments/configs/synthetic_features.py:smoke \
       --seeds=2 --dials=0,1                                  # tiny
 
@@ -9,6 +10,10 @@ For each dial of the feature-level dataset (`experiments/configs/synthetic_featu
 keep information it lacks), every method runs over the seeds through the runner, under one
 protocol (`--config.start`, `--config.optimizer`). Each seed's unimodal phase is shared by its
 methods and gives the budgets B_m and β (τ = 0.07).
+
+With `--workers=N` the command trains in N processes on this machine, worker k the seeds k,
+k + N, ... of every dial (each seed's unimodal phase and methods in one process, one core each),
+then reads every run and reports; like any sweep it resumes where it stopped.
 
 Writes `<root>/imbalance.md` (per dial: β of each modality, each method's Acc_m and its paired
 difference to the reference with a 95% interval and the seeds won), `imbalance.json`, and two
@@ -36,6 +41,9 @@ flags.DEFINE_list("dials", ["0", "0.33", "0.67", "1"], "imbalance dials of the d
 flags.DEFINE_string("methods", "all", "'all' or a comma-separated list of methods")
 flags.DEFINE_string("reference", "joint", "the method every other is paired with")
 flags.DEFINE_string("root", "runs/imbalance", "sweep directory")
+flags.DEFINE_integer("workers", 1, "processes on this machine that train the (dial, seed) runs "
+                     "side by side (one command; each seed's runs stay in one process)")
+flags.DEFINE_string("part", "", "internal: 'k/n', the seeds this worker process trains")
 cli.define_distributed_flags()
 
 
@@ -151,6 +159,52 @@ def figures(record: Mapping[str, Any], modalities: Sequence[str], names: Sequenc
   return paths
 
 
+def parse_part(text: str) -> tuple[int, int]:
+  """'k/n' -> (k, n) with 0 ≤ k < n."""
+  try:
+    k, n = (int(v) for v in text.split("/"))
+  except ValueError:
+    raise ValueError(f"invalid flag: --part={text!r}; accepted: 'k/n' with 0 <= k < n") from None
+  if not 0 <= k < n:
+    raise ValueError(f"invalid flag: --part={text!r}; accepted: 'k/n' with 0 <= k < n")
+  return k, n
+
+
+def run_workers(count: int, argv: Sequence[str]) -> None:
+  """This command again in `count` processes, worker k training seeds k, k + count, ... of every
+  dial; waits for all of them. A failing worker stops the others and names itself."""
+  import subprocess
+  import sys
+  from experiments import run as runner
+  env = dict(os.environ)
+  # Each worker computes on one core: the steps are small, and two workers' thread pools on
+  # two cores only get in each other's way.
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                      "intra_op_parallelism_threads=1").strip()
+  args = [a for a in argv if not a.startswith(("--workers", "--part"))]
+  procs = [subprocess.Popen([sys.executable, "-m", "experiments.imbalance", *args,
+                             "--workers=1", f"--part={k}/{count}"], env=env)
+           for k in range(count)]
+  runner.log(f"[imbalance] {count} worker processes: " + ", ".join(
+      f"worker {k} (pid {p.pid}) trains seeds {k}, {k + count}, ..." for k, p in enumerate(procs)))
+  try:
+    while procs:
+      for k, p in enumerate(list(procs)):
+        code = p.poll()
+        if code not in (None, 0):
+          raise SystemExit(f"error: imbalance worker {k}/{count} (pid {p.pid}) exited with "
+                           f"status {code}; its runs so far are kept, and the same command "
+                           "resumes them")
+        if code == 0:
+          procs.remove(p)
+      time.sleep(0.5)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+
+
 def main(_):
   from absl import logging
   logging.set_verbosity(logging.WARNING)
@@ -175,9 +229,25 @@ def main(_):
       runner.log(f"[imbalance] {name} left out: {e}")
   names = tuple(usable)
   seeds = list(range(args.seeds))
+  part = parse_part(args.part) if args.part else None
+  if part is not None:
+    seeds = seeds[part[0]::part[1]]
+  # One compilation cache for the sweep, shared by its runs and its worker processes.
+  import jax
+  jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(args.root),
+                                                              "jax_cache"))
   cache = config.data.cache_dir or os.path.join(
       os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "iib_jax", "features")
   t0 = time.time()
+  if args.workers > 1 and part is None:
+    if jax.process_count() > 1:
+      raise SystemExit("error: --workers is for one process on one machine; with "
+                       "jax.distributed, every process takes part in every run")
+    for dial in args.dials:                  # each dataset once, before the workers read it
+      features = dict(config.data.features.to_dict(), dial=float(dial))
+      synthetic_features.ensure_features(cache, modalities=tuple(config.modalities), **features)
+    import sys
+    run_workers(args.workers, sys.argv[1:])
   record = {"dials": {}, "protocol": runner.protocol(config), "methods": list(names),
             "reference": args.reference, "seeds": seeds}
   for dial in args.dials:
@@ -190,9 +260,13 @@ def main(_):
     runner.log(f"[imbalance] dial {float(dial):g}: {data_dir}")
     with cli.stops_on_bad_input():
       results = sweep.run_variants(base, {n: {"method": n} for n in names}, seeds, dial_root)
+    if part is not None:                     # the command that started the workers reports
+      continue
     record["dials"][f"{float(dial):g}"] = {
         "data_dir": data_dir, "budgets": budgets_of(dial_root, seeds),
         "methods": summarise(results, names, args.reference)}
+  if part is not None:
+    return
   os.makedirs(args.root, exist_ok=True)
   modalities = tuple(config.modalities)
   paths = figures(record, modalities, names, args.reference, args.root)

@@ -6,6 +6,7 @@ standard error captured, and passes on every line that is not one of those notic
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import tempfile
@@ -14,6 +15,17 @@ _NOISE = ("All log messages before absl::InitializeLog() is called are written t
           "oneDNN custom operations are on", "cpu_feature_guard.cc",
           "This TensorFlow binary is optimized to use available CPU instructions",
           "To enable the following instructions", "rebuild TensorFlow with the appropriate")
+
+
+def skip_keras() -> None:
+  """For a process that never uses Keras (the project's commands call this first): TensorFlow's
+  import then skips its eager import of Keras, 2.5 s of every command's start on the development
+  CPU. It asks for the legacy Keras package, and where that is not installed TensorFlow goes on
+  without either (`tf.keras` is then unavailable in this process). Nothing changes where the
+  legacy package is installed, where TensorFlow is already imported, or where the variable is set.
+  """
+  if "tensorflow" not in sys.modules and importlib.util.find_spec("tf_keras") is None:
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 
 def import_tensorflow():

@@ -1,4 +1,5 @@
-"""Run logs: metrics.jsonl always, TensorBoard scalars when TensorBoard's writer is importable."""
+"""Run logs: metrics.jsonl always, TensorBoard scalars when TensorBoard is installed (its own
+writer, `tensorboard.summary.Writer`: no Keras, and no TensorFlow needed)."""
 from __future__ import annotations
 
 import json
@@ -98,16 +99,20 @@ class MetricWriter:
     if self._tb is None:
       try:
         from iib_jax.quiet import import_tensorflow
-        import_tensorflow()
-        from flax.metrics import tensorboard
-      except ImportError:                 # no TensorFlow on this host: metrics.jsonl only
+        try:
+          import_tensorflow()             # its start-up notices silenced; optional
+        except ImportError:
+          pass                            # TensorBoard writes its files without TensorFlow
+        import tensorboard.summary
+      except ImportError:                 # no TensorBoard on this host: metrics.jsonl only
         self._use_tb = False
         return
-      self._tb = tensorboard.SummaryWriter(self._tb_dir)
+      self._tb = tensorboard.summary.Writer(self._tb_dir)
     for key, value in scalars.items():
-      self._tb.scalar(f"{prefix}/{key}", value, step)
+      self._tb.add_scalar(f"{prefix}/{key}", value, step)
     self._tb.flush()
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+      self._tb = None

@@ -7,6 +7,8 @@
 - Settings that halve CPU compile times, which dominate these tiny runs: the "rbg" generator
   (threefry's unrolled hash compiles slowly; no test depends on which generator makes the
   numbers) and unoptimised machine code (`--xla_backend_optimization_level=0`).
+- TensorFlow started as the commands start it, without its eager import of Keras
+  (`iib_jax.quiet.skip_keras`).
 A fresh cache every session: the suite's time is measured cold.
 """
 import os
@@ -28,6 +30,10 @@ os.environ.update({
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
 })
+# TensorFlow without its eager import of Keras, as the commands start it (iib_jax.quiet).
+from iib_jax import quiet  # noqa: E402
+
+quiet.skip_keras()
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_backend_optimization_level=0").strip()

@@ -145,3 +145,21 @@ def test_nonfinite_metric_stops_with_the_step_and_term():
 
   with pytest.raises(loop.NonFiniteError, match="non-finite 'loss_stage_two' in steps 1-3"):
     loop.train_epoch(bad_step, S(), [None] * 3, log_every=3)
+
+
+def test_metric_writer_mirrors_scalars_to_tensorboard(tmp_path):
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.util import tensor_util
+  from iib_jax import writers
+  writer = writers.MetricWriter(str(tmp_path), ("audio", "video"))
+  writer.write(phase="multimodal", split="val", epoch=0, step=7,
+               metrics={"acc_fused": 0.5, "weight": np.array([0.25, 0.75])})
+  writer.close()
+  writer.close()                                   # closing twice is harmless
+  events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+  events.Reload()
+  read = {tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in
+                events.Tensors(tag)] for tag in events.Tags()["tensors"]}
+  assert read == {"multimodal/val/acc_fused": [(7, 0.5)],
+                  "multimodal/val/weight_audio": [(7, 0.25)],
+                  "multimodal/val/weight_video": [(7, 0.75)]}
