@@ -46,3 +46,24 @@ jax.config.update("jax_num_cpu_devices", 4)
 def pytest_unconfigure(config):
   if _OWNER and not hasattr(config, "workerinput"):
     shutil.rmtree(os.environ[_CACHE], ignore_errors=True)
+
+
+# The files that take longest on 2 cores (`pytest --durations=0`, summed per file), started first:
+# with `--dist loadfile` each file runs whole on one worker, and longest-first keeps a long file
+# from starting last while the other worker idles. xdist's own order (most tests first) is off.
+LONGEST_FIRST = (
+    "test_distributed.py", "test_phases.py", "test_experiments.py", "test_protocol.py",
+    "test_sweeps.py", "test_benchmarks.py", "test_experiments_datasets.py", "test_table1.py",
+    "test_robustness_sweeps.py", "test_predict.py", "test_evaluate.py", "test_methods.py",
+    "test_encoders.py", "test_sharding.py", "test_train.py", "test_data_prep.py",
+    "test_architecture.py", "test_data.py", "test_readme.py")
+
+
+def pytest_configure(config):
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))

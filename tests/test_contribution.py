@@ -30,3 +30,31 @@ def test_three_modalities_by_hand_and_efficiency():
 def test_no_contribution_has_no_shares():
   out = contribution.summary({(): 0.5, (0,): 0.5, (1,): 0.5, (0, 1): 0.5}, ("a", "b"))
   assert out["share"]["a"] is None and out["imbalance"] is None
+
+
+def test_coalition_accuracies_in_one_pass_match_a_numpy_model():
+  """A model that sums its inputs' class scores: v(S) by hand, every coalition from one pass
+  over batches whose last one is padded."""
+  import jax.numpy as jnp
+  rng = np.random.default_rng(0)
+  modalities, kinds = ("a", "b", "c"), {"a": "audio", "b": "audio", "c": "audio"}
+  x = {m: rng.normal(size=(10, 4, 3)).astype(np.float32) for m in modalities}
+  labels = rng.integers(0, 3, 10).astype(np.int32)
+
+  def eval_step(state, batch):
+    scores = sum(batch[m].sum(axis=1) for m in modalities)            # [B, C]
+    return {"fused_pred": jnp.argmax(scores, -1), "label": batch["label"],
+            "mask": batch["mask"]}
+
+  def batches():
+    for start in (0, 4, 8):
+      idx = np.arange(start, start + 4) % 10
+      mask = (np.arange(start, start + 4) < 10).astype(np.float32)
+      yield {**{m: x[m][idx] for m in modalities}, "label": labels[idx], "mask": mask}
+
+  values = contribution.coalition_accuracies(eval_step, None, batches, modalities, kinds)
+  assert list(values) == contribution.coalitions(3)
+  for subset, value in values.items():
+    scores = sum((x[modalities[i]].sum(axis=1) for i in subset), np.zeros((10, 3)))
+    expected = np.mean(np.argmax(scores, -1) == labels)      # ∅: every score 0, class 0
+    assert value == pytest.approx(expected), subset

@@ -1,13 +1,15 @@
 """Per-method phases through the runner on a tiny prepared dataset: MSLR's factors, PMR's prototype
 passes, G-Blending's holdout and estimates, AGM's Shapley evaluation, and the stages of UDI and
-BML-MI. One runner process trains them all (the unimodal phase and the compiles are shared)."""
+BML-MI. One runner trains them all (the unimodal phase and the compiles are shared)."""
+import contextlib
+import io
 import json
 import os
 
 import numpy as np
 import pytest
 
-from experiments import build
+from experiments import build, run as runner
 from iib_jax import checkpoint
 from iib_jax.methods import gblending
 from tests import commands
@@ -23,17 +25,20 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def workdir(data_dir, tmp_path_factory):
+  """One runner, in this process (its compiled steps shared with the other tests here), with the
+  console log captured."""
   work = tmp_path_factory.mktemp("phases") / "run"
-  out = commands.run(
-      "experiments.synthetic", commands.SMOKE, f"--config.data.dir={data_dir}",
-      f"--workdir={work}", "--config.method=mslr", f"--config.compare_with={COMPARED}",
-      "--config.optim.epochs=2", "--config.iib.epochs=1",
-      "--config.methods.gblending.super_epoch=1",
-      "--config.methods.udi.fusion_epochs=1", "--config.methods.bmlmi.distill_epochs=1",
+  config = common.override(synthetic_config.get_config("smoke"), {
+      "data.dir": data_dir, "workdir": str(work), "method": "mslr", "compare_with": COMPARED,
+      "optim.epochs": 2, "iib.epochs": 1, "methods.gblending.super_epoch": 1,
+      "methods.udi.fusion_epochs": 1, "methods.bmlmi.distill_epochs": 1,
       # Without probe steps Î(z_s; y) = H(y) − log C = 0 on the balanced validation split, while
       # the trained InfoNCE bound is positive: the student distils, so stage 1 runs.
-      "--config.methods.bmlmi.probe_steps=0")
-  return work, out.stdout
+      "methods.bmlmi.probe_steps": 0})
+  console = io.StringIO()
+  with contextlib.redirect_stdout(console):
+    runner.main(config)
+  return work, console.getvalue()
 
 
 def _records(path):

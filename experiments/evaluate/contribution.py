@@ -62,21 +62,29 @@ def coalition_accuracies(eval_step: Callable, state, batches: Callable[[], Itera
                          modalities: Sequence[str], kinds: Mapping[str, str]
                          ) -> dict[tuple[int, ...], float]:
   """v(S) for every coalition: the fused accuracy over `batches()` with the inputs of the
-  modalities outside S zeroed."""
+  modalities outside S zeroed. One pass over the batches: each batch is evaluated under every
+  coalition by one compiled step (the coalition is an argument, not a constant)."""
   num = len(modalities)
   zeros, ones = jnp.zeros(num), jnp.ones(num)
   key = jax.random.key(0)          # no noise is drawn: the key only fills the argument
+  subsets = coalitions(num)
+  keeps = [jnp.asarray([1.0 if i in subset else 0.0 for i in range(num)]) for subset in subsets]
 
   @jax.jit
   def step(state, batch, keep):
     return eval_step(state, corrupt(batch, modalities, kinds, keep, zeros, zeros, ones, key))
 
-  values = {}
-  for subset in coalitions(num):
-    keep = jnp.asarray([1.0 if i in subset else 0.0 for i in range(num)])
-    outputs = loop.collect(lambda s, b: step(s, b, keep), state, batches())
-    values[subset] = float(np.mean(outputs["fused_pred"] == outputs["label"]))
-  return values
+  def every_coalition(state, batch):
+    out = {}
+    for j, keep in enumerate(keeps):
+      outputs = step(state, batch, keep)
+      out[f"fused_pred_{j}"] = outputs["fused_pred"]
+    out["label"], out["mask"] = outputs["label"], outputs["mask"]
+    return out
+
+  outputs = loop.collect(every_coalition, state, batches())
+  return {subset: float(np.mean(outputs[f"fused_pred_{j}"] == outputs["label"]))
+          for j, subset in enumerate(subsets)}
 
 
 def contribution(eval_step: Callable, state, batches: Callable[[], Iterable],
