@@ -12,7 +12,7 @@ protocol (`--config.start`, `--config.optimizer`). Each seed's unimodal phase is
 methods and gives the budgets B_m and β (τ = 0.07).
 
 With `--workers=N` the command trains in N processes on this machine, worker k the seeds k,
-k + N, ... of every dial (each seed's unimodal phase and methods in one process, one core each),
+k + N, ... of every dial (each seed's unimodal phase and methods in one process),
 then reads every run and reports; like any sweep it resumes where it stopped.
 
 Writes `<root>/imbalance.md` (per dial: β of each modality, each method's Acc_m and its paired
@@ -176,14 +176,11 @@ def run_workers(count: int, argv: Sequence[str]) -> None:
   import subprocess
   import sys
   from experiments import run as runner
-  env = dict(os.environ)
-  # Each worker computes on one core: the steps are small, and two workers' thread pools on
-  # two cores only get in each other's way.
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
-                      "intra_op_parallelism_threads=1").strip()
   args = [a for a in argv if not a.startswith(("--workers", "--part"))]
+  # Each worker runs with this process's environment (XLA's settings included), so a run
+  # computes in a worker bit for bit what it computes in one process (tests/test_protocol.py).
   procs = [subprocess.Popen([sys.executable, "-m", "experiments.imbalance", *args,
-                             "--workers=1", f"--part={k}/{count}"], env=env)
+                             "--workers=1", f"--part={k}/{count}"])
            for k in range(count)]
   runner.log(f"[imbalance] {count} worker processes: " + ", ".join(
       f"worker {k} (pid {p.pid}) trains seeds {k}, {k + count}, ..." for k, p in enumerate(procs)))

@@ -102,7 +102,7 @@ def test_the_imbalance_command_writes_the_dial_table_and_both_plots(tmp_path):
       "experiments.imbalance", "--config=experiments/configs/synthetic_features.py:smoke",
       f"--config.data.cache_dir={tmp_path / 'cache'}", "--config.optim.epochs=1",
       "--config.iib.epochs=1", "--seeds=2", "--dials=0,1", "--methods=joint,iibalance",
-      f"--root={root}")
+      f"--root={root}", "--workers=2")
   text = (root / "imbalance.md").read_text()
   assert "| dial | β_audio | β_video | Joint Acc_m | IIBalance: Δ vs Joint |" in text
   assert text.count("\n| 0 |") == 1 and text.count("\n| 1 |") == 1
@@ -115,3 +115,20 @@ def test_the_imbalance_command_writes_the_dial_table_and_both_plots(tmp_path):
   for name in ("budgets_vs_dial.png", "gain_vs_dial.png"):
     assert (root / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
   assert "Protocol: every method: encoders from the unimodal phase (warm)" in done.stdout
+  assert "2 worker processes" in done.stdout
+  # Seed 1 of dial 1, trained by worker 1, is what one process computes.
+  from experiments.configs import synthetic_features
+  from experiments.configs import common
+  config = common.override(synthetic_features.get_config("smoke"), {
+      "data.dir": record["dials"]["1"]["data_dir"], "data.features.dial": 1.0,
+      "optim.epochs": 1, "iib.epochs": 1, "compare_with": ()})
+  alone = sweep.run_variants(config, {"iibalance": {"method": "iibalance"}}, [1],
+                             str(tmp_path / "alone"))["iibalance"][0]
+  worker = json.load(open(root / "dial1" / "seed1" / "iibalance" / "results.json"))
+  assert alone["test_best"] == worker["test_best"] and alone["val_best"] == worker["val_best"]
+  import jax
+  for x, y in zip(jax.tree.leaves(checkpoint.read_arrays(str(tmp_path / "alone" / "seed1" /
+                                                              "iibalance"))["params"]),
+                  jax.tree.leaves(checkpoint.read_arrays(str(root / "dial1" / "seed1" /
+                                                              "iibalance"))["params"])):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
