@@ -32,3 +32,19 @@ def start(module: str, *args: str) -> subprocess.Popen:
   """`python -m module args...` in the background (for tests that stop or kill it)."""
   return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=dict(os.environ),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def smoke_config(data_dir, workdir, **overrides):
+  """The smoke configuration of the synthetic command (what `SMOKE` gives it) on `data_dir`, with
+  dotted keys replaced: `smoke_config(d, w, **{"optim.epochs": 1})`."""
+  from experiments.configs import common, synthetic
+  config = synthetic.get_config("smoke")
+  config.data.dir, config.workdir = str(data_dir), str(workdir)
+  return common.override(config, overrides)
+
+
+def smoke_run(data_dir, workdir, **overrides):
+  """`experiments.synthetic` with `SMOKE` and these overrides, run in this process (the tests'
+  compiled steps and imports shared): the results per method."""
+  from experiments import run as runner
+  return runner.main(smoke_config(data_dir, workdir, **overrides))

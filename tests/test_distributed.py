@@ -16,8 +16,6 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import run as runner
-from experiments.configs import synthetic as synthetic_config
 from iib_jax import checkpoint
 from tests import commands
 
@@ -32,15 +30,6 @@ def args(data_dir, workdir):
   return ["experiments.synthetic", commands.SMOKE, f"--config.data.dir={data_dir}",
           f"--workdir={workdir}", "--config.method=iibalance", "--config.compare_with=()",
           "--config.iib.epochs=1", "--config.optim.epochs=2"]
-
-
-def command_config(data_dir, workdir):
-  """The config the command of `args` runs with."""
-  config = synthetic_config.get_config("smoke")
-  config.data.dir, config.workdir = str(data_dir), str(workdir)
-  config.method, config.compare_with = "iibalance", ()
-  config.iib.epochs, config.optim.epochs = 1, 2
-  return config
 
 
 def launch(data_dir, workdir, processes: int):
@@ -89,7 +78,8 @@ def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("distributed")
   # The reference, 1 process × 4 devices: in this process (tests/conftest.py gives it 4 CPU
   # devices), with the command's config.
-  runner.main(command_config(data_dir, root / "one"))
+  commands.smoke_run(data_dir, root / "one", method="iibalance", compare_with=(),
+                     **{"iib.epochs": 1, "optim.epochs": 2})
   outputs = wait(launch(data_dir, root / "two", 2))
   return data_dir, root, outputs
 

@@ -14,9 +14,8 @@ def evaluated(tmp_path_factory):
   data_dir = commands.tiny_dataset(tmp_path_factory)
   work = tmp_path_factory.mktemp("evaluate")
   run, out = work / "run", work / "combined"
-  commands.run("experiments.synthetic", commands.SMOKE, f"--config.data.dir={data_dir}",
-               f"--workdir={run}", "--config.method=iibalance", "--config.compare_with=('agm',)",
-               "--config.optim.epochs=1", "--config.iib.epochs=1")
+  commands.smoke_run(data_dir, run, method="iibalance", compare_with=("agm",),
+                     **{"optim.epochs": 1, "iib.epochs": 1})
   result = commands.run("experiments.evaluate", f"--workdir={run}",
                         f"--workdir={run / 'compare' / 'agm'}", f"--out={out}",
                         "--noise_levels=0,1,4", "--occlusion_levels=0,0.5,1", "--probe_steps=100",

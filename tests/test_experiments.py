@@ -30,17 +30,7 @@ def data_dir(tmp_path_factory):
   return commands.tiny_dataset(tmp_path_factory)
 
 
-def smoke(data_dir, workdir, **overrides):
-  config = synthetic_config.get_config("smoke")
-  config.data.dir = str(data_dir)
-  config.workdir = str(workdir)
-  for key, value in overrides.items():
-    node = config
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return config
+smoke = commands.smoke_config
 
 
 @pytest.fixture(scope="module")

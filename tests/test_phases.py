@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from experiments import build, run as runner
+from experiments import build
 from iib_jax import checkpoint
 from iib_jax.methods import gblending
 from tests import commands
@@ -28,16 +28,14 @@ def workdir(data_dir, tmp_path_factory):
   """One runner, in this process (its compiled steps shared with the other tests here), with the
   console log captured."""
   work = tmp_path_factory.mktemp("phases") / "run"
-  config = common.override(synthetic_config.get_config("smoke"), {
-      "data.dir": data_dir, "workdir": str(work), "method": "mslr", "compare_with": COMPARED,
-      "optim.epochs": 2, "iib.epochs": 1, "methods.gblending.super_epoch": 1,
-      "methods.udi.fusion_epochs": 1, "methods.bmlmi.distill_epochs": 1,
-      # Without probe steps Î(z_s; y) = H(y) − log C = 0 on the balanced validation split, while
-      # the trained InfoNCE bound is positive: the student distils, so stage 1 runs.
-      "methods.bmlmi.probe_steps": 0})
   console = io.StringIO()
   with contextlib.redirect_stdout(console):
-    runner.main(config)
+    commands.smoke_run(data_dir, work, method="mslr", compare_with=COMPARED, **{
+        "optim.epochs": 2, "iib.epochs": 1, "methods.gblending.super_epoch": 1,
+        "methods.udi.fusion_epochs": 1, "methods.bmlmi.distill_epochs": 1,
+        # Without probe steps Î(z_s; y) = H(y) − log C = 0 on the balanced validation split,
+        # while the trained InfoNCE bound is positive: the student distils, so stage 1 runs.
+        "methods.bmlmi.probe_steps": 0})
   return work, console.getvalue()
 
 

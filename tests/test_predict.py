@@ -29,9 +29,8 @@ def data_dir(tmp_path_factory):
 def smoke(tmp_path_factory, data_dir):
   """(run directory, raw dataset directory) of an IIBalance smoke run."""
   run = tmp_path_factory.mktemp("predict") / "run"
-  commands.run("experiments.synthetic", commands.SMOKE, f"--config.data.dir={data_dir}",
-               f"--workdir={run}", "--config.method=iibalance", "--config.compare_with=()",
-               "--config.optim.epochs=1", "--config.iib.epochs=1")
+  commands.smoke_run(data_dir, run, method="iibalance", compare_with=(),
+                     **{"optim.epochs": 1, "iib.epochs": 1})
   raw_dir = os.path.join(os.path.dirname(os.path.dirname(data_dir)), "raw")
   return run, raw_dir
 
