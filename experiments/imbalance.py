@@ -144,7 +144,9 @@ def figures(record: Mapping[str, Any], modalities: Sequence[str], names: Sequenc
     x = np.asarray(dials) + (j - (len(others) - 1) / 2) * width
     mean = np.array([r["mean"] for r in rows])
     err = np.array([[r["mean"] - r["low"], r["high"] - r["mean"]] for r in rows]).T
-    ax.errorbar(x, mean, yerr=np.nan_to_num(err), fmt="-o", ms=3, capsize=2,
+    # Eleven methods: colours of a 20-colour map and markers of their own, so no two share both.
+    ax.errorbar(x, mean, yerr=np.nan_to_num(err), fmt="-" + "osD^v<>ph*X"[j % 11], ms=3.5,
+                capsize=2, color=plt.get_cmap("tab20")(j % 20),
                 label=methods.definition(n).label)
   ax.axhline(0, color="k", lw=0.8)
   ax.set_xlabel("imbalance dial")
