@@ -181,24 +181,24 @@ def run_workers(count: int, argv: Sequence[str]) -> None:
   args = [a for a in argv if not a.startswith(("--workers", "--part"))]
   # Each worker runs with this process's environment (XLA's settings included), so a run
   # computes in a worker bit for bit what it computes in one process (tests/test_protocol.py).
-  procs = [subprocess.Popen([sys.executable, "-m", "experiments.imbalance", *args,
-                             "--workers=1", f"--part={k}/{count}"])
-           for k in range(count)]
+  procs = {k: subprocess.Popen([sys.executable, "-m", "experiments.imbalance", *args,
+                                "--workers=1", f"--part={k}/{count}"])
+           for k in range(count)}
   runner.log(f"[imbalance] {count} worker processes: " + ", ".join(
-      f"worker {k} (pid {p.pid}) trains seeds {k}, {k + count}, ..." for k, p in enumerate(procs)))
+      f"worker {k} (pid {p.pid}) trains seeds {k}, {k + count}, ..." for k, p in procs.items()))
   try:
     while procs:
-      for k, p in enumerate(list(procs)):
+      for k, p in list(procs.items()):
         code = p.poll()
         if code not in (None, 0):
           raise SystemExit(f"error: imbalance worker {k}/{count} (pid {p.pid}) exited with "
                            f"status {code}; its runs so far are kept, and the same command "
                            "resumes them")
         if code == 0:
-          procs.remove(p)
+          del procs[k]
       time.sleep(0.5)
   finally:
-    for p in procs:
+    for p in procs.values():
       if p.poll() is None:
         p.kill()
         p.wait()
