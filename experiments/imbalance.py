@@ -13,7 +13,8 @@ methods and gives the budgets B_m and β (τ = 0.07).
 
 With `--workers=N` the command trains in N processes on this machine, worker k the seeds k,
 k + N, ... of every dial (each seed's unimodal phase and methods in one process),
-then reads every run and reports; like any sweep it resumes where it stopped.
+then reads every run and reports; like any sweep it resumes where it stopped. Compiled programs
+are cached in `<root>/jax_cache`, shared by the runs and the workers.
 
 Writes `<root>/imbalance.md` (per dial: β of each modality, each method's Acc_m and its paired
 difference to the reference with a 95% interval and the seeds won), `imbalance.json`, and two
