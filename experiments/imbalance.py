@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from typing import Any, Mapping, Sequence
 
@@ -162,6 +164,13 @@ def figures(record: Mapping[str, Any], modalities: Sequence[str], names: Sequenc
   return paths
 
 
+def dial_dataset(config, cache: str, dial: float) -> str:
+  """The feature dataset of `dial` (generated into `cache` once, then reused)."""
+  from data_prep import synthetic_features
+  features = dict(config.data.features.to_dict(), dial=float(dial))
+  return synthetic_features.ensure_features(cache, modalities=tuple(config.modalities), **features)
+
+
 def parse_part(text: str) -> tuple[int, int]:
   """'k/n' -> (k, n) with 0 ≤ k < n."""
   try:
@@ -176,8 +185,6 @@ def parse_part(text: str) -> tuple[int, int]:
 def run_workers(count: int, argv: Sequence[str]) -> None:
   """This command again in `count` processes, worker k training seeds k, k + count, ... of every
   dial; waits for all of them. A failing worker stops the others and names itself."""
-  import subprocess
-  import sys
   from experiments import run as runner
   args = [a for a in argv if not a.startswith(("--workers", "--part"))]
   # Each worker runs with this process's environment (XLA's settings included), so a run
@@ -209,7 +216,6 @@ def main(_):
   from absl import logging
   logging.set_verbosity(logging.WARNING)
   cli.initialize_distributed()
-  from data_prep import synthetic_features
   from experiments import report, run as runner, sweep, table1
   from experiments.configs import common
   from iib_jax import methods
@@ -244,17 +250,13 @@ def main(_):
       raise SystemExit("error: --workers is for one process on one machine; with "
                        "jax.distributed, every process takes part in every run")
     for dial in args.dials:                  # each dataset once, before the workers read it
-      features = dict(config.data.features.to_dict(), dial=float(dial))
-      synthetic_features.ensure_features(cache, modalities=tuple(config.modalities), **features)
-    import sys
+      dial_dataset(config, cache, dial)
     run_workers(args.workers, sys.argv[1:])
   record = {"dials": {}, "protocol": runner.protocol(config), "methods": list(names),
             "reference": args.reference, "seeds": seeds}
   for dial in args.dials:
     dial_root = os.path.join(args.root, f"dial{float(dial):g}")
-    features = dict(config.data.features.to_dict(), dial=float(dial))
-    data_dir = synthetic_features.ensure_features(cache, modalities=tuple(config.modalities),
-                                                  **features)
+    data_dir = dial_dataset(config, cache, dial)
     base = common.override(config, {"data.dir": data_dir, "data.features.dial": float(dial),
                                     "compare_with": ()})
     runner.log(f"[imbalance] dial {float(dial):g}: {data_dir}")
@@ -288,7 +290,5 @@ def main(_):
 
 
 if __name__ == "__main__":
-  import sys
-  from experiments import cli
   cli.check_config_flags(sys.argv[1:], _DEFAULT)
   app.run(main)

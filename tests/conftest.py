@@ -30,10 +30,6 @@ os.environ.update({
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
 })
-# TensorFlow without its eager import of Keras, as the commands start it (iib_jax.quiet).
-from iib_jax import quiet  # noqa: E402
-
-quiet.skip_keras()
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_backend_optimization_level=0").strip()
@@ -41,6 +37,11 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
+
+# TensorFlow without its eager import of Keras, as the commands start it (iib_jax.quiet).
+from iib_jax import quiet  # noqa: E402
+
+quiet.skip_keras()
 
 
 def pytest_unconfigure(config):
