@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import subprocess
 import sys
+import time
 from typing import Sequence
 
 from iib_jax import quiet
@@ -79,6 +81,53 @@ def stops_on_bad_input():
     if str(e).startswith("invalid config") or isinstance(e, DatasetError):
       sys.exit(f"error: {e}")
     raise
+
+
+def parse_part(text: str, flag: str = "--part") -> tuple[int, int]:
+  """'k/n' -> (k, n) with 0 ≤ k < n: the share of a sweep's seeds one worker process trains."""
+  try:
+    k, n = (int(v) for v in text.split("/"))
+  except ValueError:
+    raise ValueError(f"invalid flag: {flag}={text!r}; accepted: 'k/n' with 0 <= k < n") from None
+  if not 0 <= k < n:
+    raise ValueError(f"invalid flag: {flag}={text!r}; accepted: 'k/n' with 0 <= k < n")
+  return k, n
+
+
+def run_workers(module: str, count: int, argv: Sequence[str], *, workers_flag: str = "--workers",
+                part_flag: str = "--part") -> None:
+  """`python -m module argv` again in `count` processes on this machine, worker k with
+  `part_flag=k/count` (it trains seeds k, k + count, ...); waits for all of them. A failing
+  worker stops the others and names itself; what the workers finished is kept, and the same
+  command resumes it.
+
+  Each worker runs with this process's environment (XLA's settings included), so a run computes
+  in a worker bit for bit what it computes in one process (tests/test_protocol.py).
+  """
+  from experiments.build import log
+  args = [a for a in argv if not a.startswith((workers_flag, part_flag))]
+  procs = {k: subprocess.Popen([sys.executable, "-m", module, *args, f"{workers_flag}=1",
+                                f"{part_flag}={k}/{count}"])
+           for k in range(count)}
+  name = module.rsplit(".", 1)[-1]
+  log(f"[{name}] {count} worker processes: " + ", ".join(
+      f"worker {k} (pid {p.pid}) trains seeds {k}, {k + count}, ..." for k, p in procs.items()))
+  try:
+    while procs:
+      for k, p in list(procs.items()):
+        code = p.poll()
+        if code not in (None, 0):
+          raise SystemExit(f"error: {name} worker {k}/{count} (pid {p.pid}) exited with "
+                           f"status {code}; its runs so far are kept, and the same command "
+                           "resumes them")
+        if code == 0:
+          del procs[k]
+      time.sleep(0.5)
+  finally:
+    for p in procs.values():
+      if p.poll() is None:
+        p.kill()
+        p.wait()
 
 
 def define_distributed_flags() -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from typing import Any, Mapping, Sequence
@@ -171,47 +170,6 @@ def dial_dataset(config, cache: str, dial: float) -> str:
   return synthetic_features.ensure_features(cache, modalities=tuple(config.modalities), **features)
 
 
-def parse_part(text: str) -> tuple[int, int]:
-  """'k/n' -> (k, n) with 0 ≤ k < n."""
-  try:
-    k, n = (int(v) for v in text.split("/"))
-  except ValueError:
-    raise ValueError(f"invalid flag: --part={text!r}; accepted: 'k/n' with 0 <= k < n") from None
-  if not 0 <= k < n:
-    raise ValueError(f"invalid flag: --part={text!r}; accepted: 'k/n' with 0 <= k < n")
-  return k, n
-
-
-def run_workers(count: int, argv: Sequence[str]) -> None:
-  """This command again in `count` processes, worker k training seeds k, k + count, ... of every
-  dial; waits for all of them. A failing worker stops the others and names itself."""
-  from experiments import run as runner
-  args = [a for a in argv if not a.startswith(("--workers", "--part"))]
-  # Each worker runs with this process's environment (XLA's settings included), so a run
-  # computes in a worker bit for bit what it computes in one process (tests/test_protocol.py).
-  procs = {k: subprocess.Popen([sys.executable, "-m", "experiments.imbalance", *args,
-                                "--workers=1", f"--part={k}/{count}"])
-           for k in range(count)}
-  runner.log(f"[imbalance] {count} worker processes: " + ", ".join(
-      f"worker {k} (pid {p.pid}) trains seeds {k}, {k + count}, ..." for k, p in procs.items()))
-  try:
-    while procs:
-      for k, p in list(procs.items()):
-        code = p.poll()
-        if code not in (None, 0):
-          raise SystemExit(f"error: imbalance worker {k}/{count} (pid {p.pid}) exited with "
-                           f"status {code}; its runs so far are kept, and the same command "
-                           "resumes them")
-        if code == 0:
-          del procs[k]
-      time.sleep(0.5)
-  finally:
-    for p in procs.values():
-      if p.poll() is None:
-        p.kill()
-        p.wait()
-
-
 def main(_):
   from absl import logging
   logging.set_verbosity(logging.WARNING)
@@ -235,7 +193,7 @@ def main(_):
       runner.log(f"[imbalance] {name} left out: {e}")
   names = tuple(usable)
   seeds = list(range(args.seeds))
-  part = parse_part(args.part) if args.part else None
+  part = cli.parse_part(args.part) if args.part else None
   if part is not None:
     seeds = seeds[part[0]::part[1]]
   # One compilation cache for the sweep, shared by its runs and its worker processes.
@@ -251,7 +209,7 @@ def main(_):
                        "jax.distributed, every process takes part in every run")
     for dial in args.dials:                  # each dataset once, before the workers read it
       dial_dataset(config, cache, dial)
-    run_workers(args.workers, sys.argv[1:])
+    cli.run_workers("experiments.imbalance", args.workers, sys.argv[1:])
   record = {"dials": {}, "protocol": runner.protocol(config), "methods": list(names),
             "reference": args.reference, "seeds": seeds}
   for dial in args.dials:

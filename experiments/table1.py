@@ -3,12 +3,14 @@
   python -m experiments.table1 --config.datasets=synthetic --config.methods=all --config.seeds=3
   python -m experiments.table1 --config.datasets=crema_d --config.data_dirs.crema_d=/data/cd \
       --config.methods=all --config.optimizer=sgd
+  python -m experiments.table1 ... --config.workers=2     # two processes side by side (2 cores)
 
 Settings: experiments/configs/table1.py. Every run keeps its directory,
 `<root>/<dataset>/seed<s>/<method>/` (with its config.json, checkpoints and results.json), and
 each seed's unimodal phase is shared by the methods that need it (`<root>/<dataset>/seed<s>/iib`).
 A run whose results.json exists is not run again, so an interrupted command resumes where it
-stopped. Writes `<root>/table1.md` (best of a column in bold, second underlined), `table1.csv`,
+stopped. With `--config.workers=N` the seeds are trained in N processes on this machine (worker k
+the seeds k, k + N, ...), then the command reads every run and reports. Writes `<root>/table1.md` (best of a column in bold, second underlined), `table1.csv`,
 `table1.json` and, for every dataset with a method that fuses with a budget prior (its results
 carry β), Fig. 3 (`<root>/<dataset>/fig3.png`: the prior β beside the mean test fusion weights,
 averaged over seeds).
@@ -20,6 +22,7 @@ import csv
 import importlib
 import json
 import os
+import sys
 import time
 from typing import Any, Mapping, Sequence
 
@@ -27,7 +30,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import sweep
+from experiments import cli, sweep
 from iib_jax import build as lib_build, methods, stats
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -256,15 +259,27 @@ def run(settings) -> dict[str, Any]:
   if not settings.seeds >= 1:
     raise ValueError(f"invalid config: seeds={settings.seeds!r}; accepted: an integer ≥ 1")
   seeds = list(range(settings.seeds))
+  if not settings.workers >= 1:
+    raise ValueError(f"invalid config: workers={settings.workers!r}; accepted: an integer ≥ 1")
+  part = cli.parse_part(settings.part, "--config.part") if settings.part else None
   root = settings.root
   os.makedirs(root, exist_ok=True)
   if settings.compilation_cache != "off":
     cache = settings.compilation_cache or os.path.join(os.path.abspath(root), "jax_cache")
     jax.config.update("jax_compilation_cache_dir", cache)
-  configs = {d: dataset_config(settings, d) for d in datasets}    # every config fails early
+  # Every config fails early; the synthetic data is made here, before any worker reads it.
+  configs = {d: dataset_config(settings, d) for d in datasets}
   for dataset, config in configs.items():
     for name in names:
       common.validate(common.override(config, {"method": name}))
+  if part is not None:
+    seeds = seeds[part[0]::part[1]]
+  elif settings.workers > 1:
+    if jax.process_count() > 1:
+      raise ValueError("invalid config: workers > 1 with jax.distributed; accepted: workers=1 "
+                       "(every process takes part in every run)")
+    cli.run_workers("experiments.table1", settings.workers, sys.argv[1:],
+                    workers_flag="--config.workers", part_flag="--config.part")
 
   blocks, table_json, csv_rows, figures = [], {}, [], {}
   reference = settings.reference
@@ -279,6 +294,8 @@ def run(settings) -> dict[str, Any]:
       for n in dict.fromkeys([reference] + paper):
         variants[f"{n}@paper"] = {"method": n, "optimizer": "paper"}
     results = sweep.run_variants(config, variants, seeds, dataset_root)
+    if part is not None:                   # the command that started the workers reports
+      continue
     readouts = {v: lib_build.unimodal_readout(config, o["method"]) for v, o in variants.items()}
     alone = _unimodal_alone(dataset_root, seeds, modalities)
     blocks.append(f"### {dataset}\n\nProtocol: "
@@ -344,6 +361,8 @@ def run(settings) -> dict[str, Any]:
                    delta_wins=d["wins"], verdict=d["verdict"])
       csv_rows.append(row)
 
+  if part is not None:
+    return table_json
   seconds = time.time() - t0
   text = ("## Table I: test accuracy (%) of the epoch chosen on validation, mean ± std over seeds"
           "\n\nAcc_m: fused prediction; Acc_<m>: each modality's own prediction (the convention of "

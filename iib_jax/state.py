@@ -46,17 +46,31 @@ def make_state_init(model: nn.Module, tx: optax.GradientTransformation, method: 
     sharding: where the state lives (replicated over the mesh); default device when None.
   """
 
-  def init(rng, example):
+  # Three programs rather than one: the model's variables depend only on the model, the input
+  # shapes and the forward's extra inputs, so every method with the same model compiles the same
+  # (and slowest: one random initialiser per parameter) program, which a persistent compilation
+  # cache then serves; the optimiser's and the method's state come apart. The values are those
+  # of one program.
+  def variables(rng, example, forward_kwargs):
     init_rng, state_rng = jax.random.split(rng)
-    method_state = method.init_state()
-    variables = model.init({"params": init_rng, "dropout": init_rng}, example, train=False,
-                           **method.forward_kwargs(method_state))
+    return model.init({"params": init_rng, "dropout": init_rng}, example, train=False,
+                      **forward_kwargs), state_rng
+
+  def assemble(variables, method_state, state_rng):
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
                       method=method_state, rng=state_rng)
 
-  jitted = jax.jit(init) if sharding is None else jax.jit(init, out_shardings=sharding)
+  shard = {} if sharding is None else {"out_shardings": sharding}
+  method_init = jax.jit(method.init_state, **shard)
+  variables_init = jax.jit(variables, **shard)
+  assemble_init = jax.jit(assemble, **shard)
+
+  def jitted(rng, example):
+    method_state = method_init()
+    variables_, state_rng = variables_init(rng, example, method.forward_kwargs(method_state))
+    return assemble_init(variables_, method_state, state_rng)
 
   def create(rng: jax.Array, example_batch: Mapping[str, Any]) -> TrainState:
     if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):

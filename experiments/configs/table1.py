@@ -34,6 +34,11 @@ def get_config(arg=None):
   # XLA's persistent compilation cache, so seeds after the first reuse every compiled step:
   # "" puts it in <root>/jax_cache, "off" disables it, anything else is its directory.
   config.compilation_cache = ""
+  # Processes on this machine that train side by side, worker k the seeds k, k + workers, ...
+  # (each seed's unimodal phase and methods in one process); the command then reads every run and
+  # writes the table. `part` is internal: 'k/n', the seeds one worker trains.
+  config.workers = 1
+  config.part = ""
   config.overwrite = False               # start over in run directories made from something else
   # Every row's paired difference in Acc_m is to this method (per seed, same optimiser).
   config.reference = "joint"
