@@ -40,6 +40,23 @@ def _num_params(model, shape):
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(variables["params"]))
 
 
+MICRO_FEATURES = {"resnet18": 8, "resnet18_spec": 8, "audio_cnn": 8, "mobilenet_v2": 32,
+                  "gru": 16, "lstm": 16, "mlp": 8}
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_micro_encoder_is_the_same_kind_with_fewer_parameters(name):
+  """The smoke preset's size: the encoder's input and pooled output, fewer layers than tiny."""
+  shape = INPUT_SHAPES[ENCODER_INPUT[name]]
+  micro, tiny = make_encoder(name, size="micro"), make_encoder(name, size="tiny")
+  assert type(micro) is type(tiny)
+  out = jax.eval_shape(lambda: micro.apply(
+      micro.init(jax.random.key(0), jnp.zeros(shape), train=False), jnp.zeros(shape),
+      train=False))
+  assert out.shape == (BATCH, MICRO_FEATURES[name])
+  assert _num_params(micro, shape) <= _num_params(tiny, shape)
+
+
 def test_registry_lists_every_encoder_with_its_input_kind():
   assert set(ENCODERS) == set(ENCODER_INPUT) == set(TINY_FEATURES)
   assert set(ENCODER_INPUT.values()) == {"video", "audio", "vector"}

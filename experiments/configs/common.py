@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import ml_collections
 
 from iib_jax import methods as methods_lib, schema
-from iib_jax.models.encoders import ENCODERS
+from iib_jax.models.encoders import ENCODERS, SIZES as ENCODER_SIZES
 from iib_jax.models import DTYPES
 
 DATASETS = ("kinetics_sounds", "crema_d", "ave", "synthetic", "synthetic_features")
@@ -139,8 +139,8 @@ def validate(config: ml_collections.ConfigDict, *, check_data: bool = True) -> N
     _fail("data.frames_dtype", config.data.frames_dtype, ", ".join(schema.FRAMES_DTYPES))
   if config.model.dtype not in DTYPES:
     _fail("model.dtype", config.model.dtype, ", ".join(DTYPES))
-  if config.model.encoder_size not in ("full", "tiny"):
-    _fail("model.encoder_size", config.model.encoder_size, "full, tiny")
+  if config.model.encoder_size not in ENCODER_SIZES:
+    _fail("model.encoder_size", config.model.encoder_size, ", ".join(ENCODER_SIZES))
   if config.model.gate_pool not in ("identity", "mean"):
     _fail("model.gate_pool", config.model.gate_pool, "identity, mean")
   for section in ("optim", "paper_optim"):
@@ -228,11 +228,12 @@ def _is_prepared(data_dir: str) -> bool:
 
 
 def apply_preset(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-  """'' (the paper's settings) or 'smoke' (tiny everything, for tests)."""
+  """'' (the paper's settings) or 'smoke' (tiny everything, for tests: micro encoders, tiny
+  inputs, two epochs)."""
   if not arg:
     return config
   if arg == "smoke":
-    config.model.encoder_size = "tiny"
+    config.model.encoder_size = "micro"
     config.model.feature_dim = 16
     config.model.gate_hidden = 16
     config.data.num_frames = 2

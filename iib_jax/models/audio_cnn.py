@@ -36,10 +36,12 @@ class AudioCNN1D(nn.Module):
   Attributes:
     width: w, channels of the stem and the first stage; the feature size is 8w.
     blocks_per_stage: convolutions per stage.
+    stages: how many of the four stages (fewer: feature size w · 2^(stages − 1); tests).
     dtype: compute dtype; parameters stay float32.
   """
   width: int = 64
   blocks_per_stage: int = 2
+  stages: int = 4
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -55,7 +57,7 @@ class AudioCNN1D(nn.Module):
     """
     x = x.astype(self.dtype)
     x = self._conv_bn_relu(x, self.width, 7, train, "stem")
-    for stage in range(4):
+    for stage in range(self.stages):
       if stage > 0:
         x = nn.max_pool(x, (2,), strides=(2,))
       for block in range(self.blocks_per_stage):

@@ -56,7 +56,21 @@ _TINY_FIELDS: dict[str, dict[str, Any]] = {
     "mlp": dict(hidden=(8, 8)),
 }
 
-SIZES = ("full", "tiny")
+# One block of the first stage (ResNets, the 1-D CNN), two inverted-residual blocks (MobileNetV2):
+# the encoder's kind and input handling with the fewest layers, for end-to-end tests of the
+# runner, where compiling the encoders is most of the time (the smoke preset).
+_MICRO_FIELDS: dict[str, dict[str, Any]] = {
+    "resnet18": dict(stage_sizes=(1,), width=8),
+    "resnet18_spec": dict(stage_sizes=(1,), width=8),
+    "audio_cnn": dict(width=8, blocks_per_stage=1, stages=1),
+    "mobilenet_v2": dict(width_mult=0.25, last_channel=32,
+                         inverted_residual_setting=((1, 16, 1, 1), (6, 24, 1, 2))),
+    "gru": dict(hidden=8, num_layers=1),
+    "lstm": dict(hidden=8, num_layers=1),
+    "mlp": dict(hidden=(8,)),
+}
+
+SIZES = ("full", "tiny", "micro")
 
 
 def make_encoder(encoder: str, /, size: str = "full", dtype: Any = jnp.float32,
@@ -66,7 +80,8 @@ def make_encoder(encoder: str, /, size: str = "full", dtype: Any = jnp.float32,
   Args:
     encoder: a key of `ENCODERS`.
     size: "full" (the published architecture; the MLP's is this library's own, two layers of
-      64) or "tiny" (width 8, one block per stage; tests).
+      64), "tiny" (width 8, one block per stage: the full topology, small) or "micro" (width 8,
+      the first stage only; end-to-end tests).
     dtype: compute dtype, e.g. `jnp.float32` or `jnp.bfloat16`; parameters stay float32.
     **kwargs: further module fields overriding the size's defaults, and the Linen `name`.
 
@@ -80,6 +95,6 @@ def make_encoder(encoder: str, /, size: str = "full", dtype: Any = jnp.float32,
     raise ValueError(f"unknown encoder {encoder!r}; accepted: {sorted(ENCODERS)}")
   if size not in SIZES:
     raise ValueError(f"unknown encoder size {size!r}; accepted: {list(SIZES)}")
-  fields = dict(_TINY_FIELDS[encoder]) if size == "tiny" else {}
+  fields = dict({"tiny": _TINY_FIELDS, "micro": _MICRO_FIELDS}.get(size, {}).get(encoder, {}))
   fields.update(kwargs)
   return ENCODERS[encoder](dtype=dtype, **fields)

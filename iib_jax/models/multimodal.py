@@ -34,7 +34,7 @@ class Branch(nn.Module):
 
   Attributes:
     encoder: encoder name (see `iib_jax.models.encoders.ENCODERS`).
-    encoder_size: "full" or "tiny".
+    encoder_size: "full", "tiny" or "micro" (`iib_jax.models.encoders.SIZES`).
     feature_dim: common feature size d; a Dense projection is added when the encoder's
       output size differs (e.g. MobileNetV2's 1280).
     num_classes: C.
@@ -181,7 +181,7 @@ class MultimodalModel(nn.Module):
     num_classes: C.
     feature_dim: common feature size d.
     fusion: "concat", "sum", "gated" (IIBalance; needs `prior`) or "none" (unimodal runs).
-    encoder_size: "full" or "tiny" (width-8 encoders for tests).
+    encoder_size: "full", "tiny" or "micro" (width-8 encoders for tests).
     detach_heads: unimodal heads read stop_gradient(z_m).
     gate_hidden, gate_pool, gate_input, detach_uncertainty, detach_gate_features: see
       GatedFusion.
