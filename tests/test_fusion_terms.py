@@ -42,7 +42,7 @@ def ref_gate(params, uncertainty, feats):
 @pytest.fixture(scope="module")
 def gated_model_outputs():
   model = build_model(helpers.MODALITIES, helpers.ENCODERS, helpers.NUM_CLASSES, feature_dim=16,
-                      encoder_size="tiny", fusion="gated", gate_hidden=8)
+                      encoder_size="micro", fusion="gated", gate_hidden=8)
   batch = helpers.separable_batch(np.random.default_rng(0), 4)
   inputs = {m: batch[m] for m in helpers.MODALITIES}
   # One trace and compile: the outputs of the freshly initialised model.

@@ -23,7 +23,7 @@ def _setup(name):
   spec = methods.MethodSpec(MODALITIES, NUM_CLASSES, 16, steps_per_epoch=5, total_epochs=4,
                             budgets=(0.5, 0.7, 0.6))
   method = methods.get_method(name, {"lambda_start": 0.7} if name == "iibalance" else {}, spec)
-  model = build_model(MODALITIES, ENCODERS, NUM_CLASSES, feature_dim=16, encoder_size="tiny",
+  model = build_model(MODALITIES, ENCODERS, NUM_CLASSES, feature_dim=16, encoder_size="micro",
                       gate_hidden=16, **method.model)
   return model, method, make_optimizer("adam", 1e-3)
 

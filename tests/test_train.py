@@ -23,7 +23,7 @@ class Setup:
                               total_epochs=10, budgets=budgets)
     self.method = methods.get_method(method_name, options or {}, spec)
     self.model = build_model(MODALITIES, ENCODERS, NUM_CLASSES, feature_dim=16,
-                             encoder_size="tiny", gate_hidden=16, **self.method.model)
+                             encoder_size="micro", gate_hidden=16, **self.method.model)
     self.tx = make_optimizer("adam", lr)
     self.train_step = make_train_step(self.model, self.tx, self.method)
     self.eval_step = make_eval_step(self.model, self.method)
