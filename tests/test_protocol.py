@@ -132,3 +132,16 @@ def test_the_imbalance_command_writes_the_dial_table_and_both_plots(tmp_path):
                   jax.tree.leaves(checkpoint.read_arrays(str(root / "dial1" / "seed1" /
                                                               "iibalance"))["params"])):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("0/2", (0, 2)), ("1/2", (1, 2)), ("2/5", (2, 5)),
+    ("2/2", None), ("-1/2", None), ("1", None), ("a/b", None), ("", None)])
+def test_a_worker_part_is_k_of_n(text, expected):
+  """The share of a sweep's seeds one worker process trains (`--part`, `--config.part`)."""
+  from experiments import cli
+  if expected is not None:
+    assert cli.parse_part(text) == expected
+  else:
+    with pytest.raises(ValueError, match=r"invalid flag: --config.part=.*accepted: 'k/n'"):
+      cli.parse_part(text, "--config.part")
